@@ -102,7 +102,9 @@ impl CapabilitySet {
 
     /// The members, in [`Capability::ALL`] order.
     pub fn iter(self) -> impl Iterator<Item = Capability> {
-        Capability::ALL.into_iter().filter(move |c| self.contains(*c))
+        Capability::ALL
+            .into_iter()
+            .filter(move |c| self.contains(*c))
     }
 
     /// Parses a comma-separated list such as `chat,stream`.

@@ -4,8 +4,10 @@
 mod capability;
 mod clock;
 mod request_id;
+mod usage;
 
 pub use capability::{Capability, CapabilitySet, ParseCapabilityError};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use request_id::RequestId;
 pub use secrecy::{ExposeSecret, SecretString};
+pub use usage::{Usage, UsageSource};

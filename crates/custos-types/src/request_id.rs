@@ -27,7 +27,9 @@ impl RequestId {
             return None;
         }
         // The bytes were just checked to be ASCII.
-        std::str::from_utf8(raw).ok().map(|s| RequestId(s.to_owned()))
+        std::str::from_utf8(raw)
+            .ok()
+            .map(|s| RequestId(s.to_owned()))
     }
 
     /// A fresh, time-ordered UUIDv7.
@@ -37,7 +39,8 @@ impl RequestId {
 
     /// The client's ID if it is acceptable, otherwise a fresh one.
     pub fn from_client_or_generate(raw: Option<&[u8]>) -> Self {
-        raw.and_then(Self::from_client).unwrap_or_else(Self::generate)
+        raw.and_then(Self::from_client)
+            .unwrap_or_else(Self::generate)
     }
 
     /// The ID as text.

@@ -1,0 +1,131 @@
+//! The configuration file exactly as written: serde structs that reject
+//! unknown keys. Nothing here is validated beyond its TOML type.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// `[server]`.
+    #[serde(default)]
+    pub server: RawServer,
+    /// `[log]`.
+    #[serde(default)]
+    pub log: RawLog,
+    /// `[providers.NAME]`.
+    #[serde(default)]
+    pub providers: BTreeMap<String, RawProvider>,
+    /// `[[models]]`.
+    #[serde(default)]
+    pub models: Vec<RawModel>,
+}
+
+/// `[server]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// Gateway listen address.
+    pub listen: Option<String>,
+    /// Admin listen address.
+    pub admin_listen: Option<String>,
+    /// Where state lives.
+    pub data_dir: Option<String>,
+    /// Largest accepted request body.
+    pub max_body_size: Option<RawSize>,
+    /// How long in-flight requests may run after a shutdown signal.
+    pub shutdown_grace: Option<String>,
+}
+
+/// A byte size: a plain integer, or a string such as `"4MiB"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawSize {
+    /// A number of bytes.
+    Bytes(i64),
+    /// A number with a unit.
+    Text(String),
+}
+
+/// `[log]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// `text` or `json`.
+    pub format: Option<String>,
+    /// A tracing filter directive such as `info` or `custos_gateway=debug`.
+    pub level: Option<String>,
+}
+
+/// `[providers.NAME]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    /// `openai` or `mock`.
+    pub kind: Option<String>,
+    /// Base URL of an OpenAI-compatible API, including `/v1`.
+    pub base_url: Option<String>,
+    /// Name of the environment variable that holds the API key.
+    pub api_key_env: Option<String>,
+    /// Path of a file that holds the API key.
+    pub api_key_file: Option<String>,
+    /// Present only to give a precise error: keys never live in the config.
+    pub api_key: Option<toml::Value>,
+    /// Extra headers sent upstream on every request.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Timeouts.
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    /// Upper bound of idle pooled connections kept per upstream host.
+    pub max_idle_connections: Option<i64>,
+    /// Mock only: delay before the first byte.
+    pub latency: Option<String>,
+    /// Mock only: delay between stream chunks.
+    pub chunk_delay: Option<String>,
+    /// Mock only: number of content chunks in a streamed answer.
+    pub chunks: Option<i64>,
+    /// Mock only: embedding vector length.
+    pub embedding_dimensions: Option<i64>,
+}
+
+/// `[providers.NAME.timeouts]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    /// TCP and TLS connect.
+    pub connect: Option<String>,
+    /// Until the response headers, and for streams the first chunk.
+    pub first_byte: Option<String>,
+    /// Largest gap between two stream chunks.
+    pub idle: Option<String>,
+    /// The whole upstream exchange.
+    pub total: Option<String>,
+}
+
+/// `[[models]]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    /// The public model name clients ask for.
+    pub name: Option<String>,
+    /// Ordered targets.
+    #[serde(default)]
+    pub targets: Vec<RawTarget>,
+}
+
+/// One entry of `models[].targets`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    /// Name of a `[providers.NAME]` table.
+    pub provider: Option<String>,
+    /// Model name sent upstream; defaults to the public name.
+    pub model: Option<String>,
+    /// Lower is tried first; default 0.
+    pub priority: Option<i64>,
+    /// Relative share among targets of equal priority; default 1.
+    pub weight: Option<i64>,
+}

@@ -1,0 +1,645 @@
+//! Phase two: environment overrides, then raw values into the runtime
+//! [`Config`], collecting every problem with its path.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::raw::{RawConfig, RawModel, RawProvider, RawSize, RawTimeouts};
+use crate::{
+    Config, CredentialSource, FieldError, LogConfig, LogFormat, MockSettings, ModelConfig,
+    OpenAiSettings, ProviderConfig, ProviderKind, ServerConfig, TargetConfig, Timeouts,
+};
+
+/// Default largest request body: 8 MiB, room for a few inline images.
+pub const DEFAULT_MAX_BODY_SIZE: usize = 8 * 1024 * 1024;
+
+const DEFAULT_TIMEOUTS: Timeouts = Timeouts {
+    connect: Duration::from_secs(10),
+    // For a non-streaming request the first byte only comes once the whole
+    // answer is generated, so this has to be generous.
+    first_byte: Duration::from_secs(120),
+    idle: Duration::from_secs(60),
+    total: Duration::from_secs(600),
+};
+
+struct Ctx<'a> {
+    errors: &'a mut Vec<FieldError>,
+    /// Config keys whose value came from an environment variable.
+    from_env: BTreeMap<&'static str, &'static str>,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, path: &str, message: impl Into<String>) {
+        let path = match self.from_env.get(path) {
+            Some(var) => format!("{path} (from {var})"),
+            None => path.to_owned(),
+        };
+        self.errors.push(FieldError {
+            path,
+            message: message.into(),
+        });
+    }
+}
+
+/// Overwrites raw values with the `CUSTOS_…` variables that are set.
+/// Returns which config keys were overridden, and by which variable.
+pub(crate) fn apply_env(
+    raw: &mut RawConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+    errors: &mut Vec<FieldError>,
+) -> BTreeMap<&'static str, &'static str> {
+    let mut from_env = BTreeMap::new();
+    for (var, key) in crate::ENV_OVERRIDES {
+        let Some(value) = env(var) else { continue };
+        from_env.insert(*key, *var);
+        let slot = match *key {
+            "server.listen" => &mut raw.server.listen,
+            "server.admin_listen" => &mut raw.server.admin_listen,
+            "server.data_dir" => &mut raw.server.data_dir,
+            "server.shutdown_grace" => &mut raw.server.shutdown_grace,
+            "log.format" => &mut raw.log.format,
+            "log.level" => &mut raw.log.level,
+            "server.max_body_size" => {
+                raw.server.max_body_size = Some(RawSize::Text(value));
+                continue;
+            }
+            other => {
+                errors.push(FieldError {
+                    path: (*var).to_owned(),
+                    message: format!("no override target `{other}`"),
+                });
+                continue;
+            }
+        };
+        *slot = Some(value);
+    }
+    from_env
+}
+
+/// Turns raw values into a [`Config`]; `from_env` names the keys that came
+/// from environment variables, so that messages can say so.
+pub(crate) fn validate(
+    raw: RawConfig,
+    from_env: BTreeMap<&'static str, &'static str>,
+    errors: &mut Vec<FieldError>,
+) -> Option<Config> {
+    let mut ctx = Ctx { errors, from_env };
+    let server = server(&raw, &mut ctx);
+    let log = log(&raw, &mut ctx);
+    let providers = providers(&raw.providers, &mut ctx);
+    let models = models(&raw.models, &raw.providers, &mut ctx);
+    Some(Config {
+        server: server?,
+        log: log?,
+        providers,
+        models,
+    })
+}
+
+fn server(raw: &RawConfig, ctx: &mut Ctx<'_>) -> Option<ServerConfig> {
+    let s = &raw.server;
+    let listen = addr(
+        s.listen.as_deref().unwrap_or("127.0.0.1:8080"),
+        "server.listen",
+        ctx,
+    );
+    let admin_listen = addr(
+        s.admin_listen.as_deref().unwrap_or("127.0.0.1:8081"),
+        "server.admin_listen",
+        ctx,
+    );
+    if let (Some(a), Some(b)) = (listen, admin_listen)
+        && a == b
+        && a.port() != 0
+    {
+        ctx.err(
+            "server.admin_listen",
+            format!("must differ from server.listen ({a}): the admin API never shares the gateway listener"),
+        );
+    }
+    let data_dir = match s.data_dir.as_deref() {
+        Some("") => {
+            ctx.err("server.data_dir", "must not be empty");
+            None
+        }
+        Some(d) => Some(PathBuf::from(d)),
+        None => None,
+    };
+    let max_body_size = match &s.max_body_size {
+        None => Some(DEFAULT_MAX_BODY_SIZE),
+        Some(size) => match parse_size(size) {
+            Ok(n) if (1024..=1 << 30).contains(&n) => Some(n),
+            Ok(n) => {
+                ctx.err(
+                    "server.max_body_size",
+                    format!("{n} bytes is out of range, must be between 1KiB and 1GiB"),
+                );
+                None
+            }
+            Err(e) => {
+                ctx.err("server.max_body_size", e);
+                None
+            }
+        },
+    };
+    let shutdown_grace = duration(
+        s.shutdown_grace.as_deref(),
+        "server.shutdown_grace",
+        Duration::from_secs(30),
+        Duration::ZERO,
+        ctx,
+    );
+    Some(ServerConfig {
+        listen: listen?,
+        admin_listen: admin_listen?,
+        data_dir,
+        max_body_size: max_body_size?,
+        shutdown_grace: shutdown_grace?,
+    })
+}
+
+fn log(raw: &RawConfig, ctx: &mut Ctx<'_>) -> Option<LogConfig> {
+    let format = match raw.log.format.as_deref().unwrap_or("text") {
+        "text" => Some(LogFormat::Text),
+        "json" => Some(LogFormat::Json),
+        other => {
+            ctx.err(
+                "log.format",
+                format!("unknown format `{other}`, expected `text` or `json`"),
+            );
+            None
+        }
+    };
+    let level = raw.log.level.clone().unwrap_or_else(|| "info".to_owned());
+    if level.trim().is_empty() {
+        ctx.err("log.level", "must not be empty");
+    }
+    Some(LogConfig {
+        format: format?,
+        level,
+    })
+}
+
+fn providers(
+    raw: &BTreeMap<String, RawProvider>,
+    ctx: &mut Ctx<'_>,
+) -> BTreeMap<String, ProviderConfig> {
+    let mut out = BTreeMap::new();
+    for (name, p) in raw {
+        let path = format!("providers.{name}");
+        if !valid_name(name) {
+            ctx.err(
+                &path,
+                "provider names use only a-z, 0-9, `_` and `-` (at most 64 characters)",
+            );
+        }
+        if let Some(provider) = provider(name, p, &path, ctx) {
+            out.insert(name.clone(), provider);
+        }
+    }
+    out
+}
+
+fn provider(name: &str, p: &RawProvider, path: &str, ctx: &mut Ctx<'_>) -> Option<ProviderConfig> {
+    if p.api_key.is_some() {
+        ctx.err(
+            &format!("{path}.api_key"),
+            "credentials are never written in the config file; use api_key_env or api_key_file",
+        );
+    }
+    let timeouts = timeouts(&p.timeouts, &format!("{path}.timeouts"), ctx);
+    let kind = match p.kind.as_deref() {
+        None => {
+            ctx.err(&format!("{path}.kind"), "is required: `openai` or `mock`");
+            None
+        }
+        Some("openai") => openai(p, path, ctx).map(ProviderKind::OpenAi),
+        Some("mock") => mock(p, path, ctx).map(ProviderKind::Mock),
+        Some(other) => {
+            ctx.err(
+                &format!("{path}.kind"),
+                format!("unknown kind `{other}`, expected `openai` or `mock`"),
+            );
+            None
+        }
+    };
+    Some(ProviderConfig {
+        name: name.to_owned(),
+        kind: kind?,
+        timeouts: timeouts?,
+    })
+}
+
+fn openai(p: &RawProvider, path: &str, ctx: &mut Ctx<'_>) -> Option<OpenAiSettings> {
+    for (field, set) in [
+        ("latency", p.latency.is_some()),
+        ("chunk_delay", p.chunk_delay.is_some()),
+        ("chunks", p.chunks.is_some()),
+        ("embedding_dimensions", p.embedding_dimensions.is_some()),
+    ] {
+        if set {
+            ctx.err(
+                &format!("{path}.{field}"),
+                "is only valid for kind = \"mock\"",
+            );
+        }
+    }
+    let base_url = match p.base_url.as_deref() {
+        None => {
+            ctx.err(
+                &format!("{path}.base_url"),
+                "is required for kind = \"openai\", for example \"https://api.openai.com/v1\"",
+            );
+            None
+        }
+        Some(url) => match check_url(url) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                ctx.err(&format!("{path}.base_url"), e);
+                None
+            }
+        },
+    };
+    let credential = match (&p.api_key_env, &p.api_key_file) {
+        (Some(_), Some(_)) => {
+            ctx.err(
+                &format!("{path}.api_key_file"),
+                "set either api_key_env or api_key_file, not both",
+            );
+            None
+        }
+        (Some(var), None) => {
+            if var.is_empty() || !var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                ctx.err(
+                    &format!("{path}.api_key_env"),
+                    format!("`{var}` is not a valid environment variable name"),
+                );
+                None
+            } else {
+                Some(CredentialSource::Env(var.clone()))
+            }
+        }
+        (None, Some(file)) if file.is_empty() => {
+            ctx.err(&format!("{path}.api_key_file"), "must not be empty");
+            None
+        }
+        (None, Some(file)) => Some(CredentialSource::File(PathBuf::from(file))),
+        (None, None) => Some(CredentialSource::None),
+    };
+    let mut headers_ok = true;
+    for (header, value) in &p.headers {
+        let hpath = format!("{path}.headers.{header}");
+        let lower = header.to_ascii_lowercase();
+        if header.is_empty() || !header.bytes().all(is_token_byte) {
+            ctx.err(&hpath, "is not a valid HTTP header name");
+            headers_ok = false;
+        } else if matches!(
+            lower.as_str(),
+            "authorization" | "host" | "content-length" | "content-type" | "transfer-encoding"
+        ) {
+            ctx.err(
+                &hpath,
+                "is set by Custos itself; credentials go in api_key_env or api_key_file",
+            );
+            headers_ok = false;
+        }
+        if value.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
+            ctx.err(&hpath, "value contains control characters");
+            headers_ok = false;
+        }
+    }
+    let max_idle_connections = int_in(
+        p.max_idle_connections,
+        &format!("{path}.max_idle_connections"),
+        64,
+        0..=4096,
+        ctx,
+    );
+    Some(OpenAiSettings {
+        base_url: base_url?,
+        credential: credential?,
+        headers: if headers_ok {
+            p.headers.clone()
+        } else {
+            return None;
+        },
+        max_idle_connections: max_idle_connections?,
+    })
+}
+
+fn mock(p: &RawProvider, path: &str, ctx: &mut Ctx<'_>) -> Option<MockSettings> {
+    for (field, set) in [
+        ("base_url", p.base_url.is_some()),
+        ("api_key_env", p.api_key_env.is_some()),
+        ("api_key_file", p.api_key_file.is_some()),
+        ("headers", !p.headers.is_empty()),
+        ("max_idle_connections", p.max_idle_connections.is_some()),
+    ] {
+        if set {
+            ctx.err(
+                &format!("{path}.{field}"),
+                "is only valid for kind = \"openai\"",
+            );
+        }
+    }
+    let latency = duration(
+        p.latency.as_deref(),
+        &format!("{path}.latency"),
+        Duration::from_millis(20),
+        Duration::ZERO,
+        ctx,
+    );
+    let chunk_delay = duration(
+        p.chunk_delay.as_deref(),
+        &format!("{path}.chunk_delay"),
+        Duration::from_millis(15),
+        Duration::ZERO,
+        ctx,
+    );
+    let chunks = int_in(p.chunks, &format!("{path}.chunks"), 8, 1..=10_000, ctx);
+    let embedding_dimensions = int_in(
+        p.embedding_dimensions,
+        &format!("{path}.embedding_dimensions"),
+        256,
+        1..=65_536,
+        ctx,
+    );
+    Some(MockSettings {
+        latency: latency?,
+        chunk_delay: chunk_delay?,
+        chunks: chunks?,
+        embedding_dimensions: embedding_dimensions?,
+    })
+}
+
+fn timeouts(raw: &RawTimeouts, path: &str, ctx: &mut Ctx<'_>) -> Option<Timeouts> {
+    let d = DEFAULT_TIMEOUTS;
+    let min = Duration::from_millis(1);
+    let connect = duration(
+        raw.connect.as_deref(),
+        &format!("{path}.connect"),
+        d.connect,
+        min,
+        ctx,
+    );
+    let first_byte = duration(
+        raw.first_byte.as_deref(),
+        &format!("{path}.first_byte"),
+        d.first_byte,
+        min,
+        ctx,
+    );
+    let idle = duration(
+        raw.idle.as_deref(),
+        &format!("{path}.idle"),
+        d.idle,
+        min,
+        ctx,
+    );
+    let total = duration(
+        raw.total.as_deref(),
+        &format!("{path}.total"),
+        d.total,
+        min,
+        ctx,
+    );
+    let t = Timeouts {
+        connect: connect?,
+        first_byte: first_byte?,
+        idle: idle?,
+        total: total?,
+    };
+    for (name, value) in [("connect", t.connect), ("first_byte", t.first_byte)] {
+        if value > t.total {
+            ctx.err(
+                &format!("{path}.{name}"),
+                format!(
+                    "{} exceeds timeouts.total ({})",
+                    humantime::format_duration(value),
+                    humantime::format_duration(t.total)
+                ),
+            );
+        }
+    }
+    Some(t)
+}
+
+fn models(
+    raw: &[RawModel],
+    providers: &BTreeMap<String, RawProvider>,
+    ctx: &mut Ctx<'_>,
+) -> Vec<ModelConfig> {
+    if raw.is_empty() {
+        ctx.err("models", "at least one [[models]] entry is required");
+    }
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for (i, m) in raw.iter().enumerate() {
+        let path = format!("models[{i}]");
+        let name = match m.name.as_deref() {
+            None => {
+                ctx.err(&format!("{path}.name"), "is required");
+                continue;
+            }
+            Some(n) if n.is_empty() || n.len() > 256 || n.chars().any(char::is_control) => {
+                ctx.err(
+                    &format!("{path}.name"),
+                    "must be 1 to 256 characters without control characters",
+                );
+                continue;
+            }
+            Some(n) => n,
+        };
+        if !seen.insert(name) {
+            ctx.err(&format!("{path}.name"), format!("duplicate model `{name}`"));
+        }
+        if m.targets.is_empty() {
+            ctx.err(
+                &format!("{path}.targets"),
+                "at least one target is required",
+            );
+        }
+        let mut targets = Vec::new();
+        for (j, t) in m.targets.iter().enumerate() {
+            let tpath = format!("{path}.targets[{j}]");
+            let provider = match t.provider.as_deref() {
+                None => {
+                    ctx.err(&format!("{tpath}.provider"), "is required");
+                    continue;
+                }
+                Some(p) if !providers.contains_key(p) => {
+                    let known: Vec<&str> = providers.keys().map(String::as_str).collect();
+                    ctx.err(
+                        &format!("{tpath}.provider"),
+                        format!("unknown provider `{p}`, defined: [{}]", known.join(", ")),
+                    );
+                    continue;
+                }
+                Some(p) => p.to_owned(),
+            };
+            let model = match t.model.as_deref() {
+                Some("") => {
+                    ctx.err(&format!("{tpath}.model"), "must not be empty");
+                    continue;
+                }
+                Some(m) => m.to_owned(),
+                None => name.to_owned(),
+            };
+            let priority = int_in(t.priority, &format!("{tpath}.priority"), 0, 0..=1000, ctx);
+            let weight = int_in(t.weight, &format!("{tpath}.weight"), 1, 1..=10_000, ctx);
+            if let (Some(priority), Some(weight)) = (priority, weight) {
+                targets.push(TargetConfig {
+                    provider,
+                    model,
+                    priority: priority as u32,
+                    weight: weight as u32,
+                });
+            }
+        }
+        out.push(ModelConfig {
+            name: name.to_owned(),
+            targets,
+        });
+    }
+    out
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn check_url(url: &str) -> Result<String, String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| format!("`{url}` must start with http:// or https://"))?;
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() {
+        return Err(format!("`{url}` has no host"));
+    }
+    if url.contains(['?', '#']) || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "`{url}` must not contain a query, fragment or whitespace"
+        ));
+    }
+    if host.contains('@') {
+        return Err("must not embed credentials; use api_key_env or api_key_file".to_owned());
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
+fn addr(text: &str, path: &str, ctx: &mut Ctx<'_>) -> Option<SocketAddr> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Some(addr);
+    }
+    if let Some(port) = text.strip_prefix("localhost:")
+        && let Ok(port) = port.parse::<u16>()
+    {
+        return Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    ctx.err(
+        path,
+        format!("`{text}` is not an address; expected IP:PORT such as 127.0.0.1:8080 or [::1]:8080 (port 0 picks a free port)"),
+    );
+    None
+}
+
+fn duration(
+    text: Option<&str>,
+    path: &str,
+    default: Duration,
+    min: Duration,
+    ctx: &mut Ctx<'_>,
+) -> Option<Duration> {
+    let Some(text) = text else {
+        return Some(default);
+    };
+    match humantime::parse_duration(text) {
+        Ok(d) if d < min => {
+            ctx.err(
+                path,
+                format!(
+                    "`{text}` is too short, must be at least {}",
+                    humantime::format_duration(min)
+                ),
+            );
+            None
+        }
+        Ok(d) if d > Duration::from_secs(24 * 3600) => {
+            ctx.err(path, format!("`{text}` is longer than 24h"));
+            None
+        }
+        Ok(d) => Some(d),
+        Err(e) => {
+            ctx.err(
+                path,
+                format!(
+                    "`{text}` is not a duration ({e}); write it like \"250ms\", \"30s\" or \"5m\""
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn int_in(
+    value: Option<i64>,
+    path: &str,
+    default: i64,
+    range: std::ops::RangeInclusive<i64>,
+    ctx: &mut Ctx<'_>,
+) -> Option<usize> {
+    let v = value.unwrap_or(default);
+    if range.contains(&v) {
+        usize::try_from(v).ok()
+    } else {
+        ctx.err(
+            path,
+            format!(
+                "{v} is out of range, must be between {} and {}",
+                range.start(),
+                range.end()
+            ),
+        );
+        None
+    }
+}
+
+fn parse_size(size: &RawSize) -> Result<usize, String> {
+    let text = match size {
+        RawSize::Bytes(n) => {
+            return usize::try_from(*n).map_err(|_| format!("{n} must not be negative"));
+        }
+        RawSize::Text(t) => t.trim(),
+    };
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: usize = digits.parse().map_err(|_| {
+        format!("`{text}` is not a size; write it like 8388608, \"512KiB\" or \"8MiB\"")
+    })?;
+    let mult: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "KB" | "kB" => 1024,
+        "MiB" | "M" | "MB" => 1024 * 1024,
+        "GiB" | "G" | "GB" => 1024 * 1024 * 1024,
+        other => {
+            return Err(format!(
+                "unknown size unit `{other}` in `{text}`, use B, KiB, MiB or GiB"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}

@@ -1,0 +1,186 @@
+//! Configuration loading: the embedded default, the documented example, and
+//! every class of error with its field path.
+
+#![allow(clippy::unwrap_used, reason = "test helpers fail loudly")]
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use custos_config::{ConfigError, CredentialSource, LogFormat, ProviderKind, load, load_default};
+use expect_test::expect;
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let map: HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    move |k| map.get(k).cloned()
+}
+
+fn error_text(text: &str) -> String {
+    load("custos.toml", text, &no_env).unwrap_err().to_string()
+}
+
+#[test]
+fn embedded_default_loads() {
+    let config = load_default(&no_env).unwrap();
+    assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(config.server.admin_listen.to_string(), "127.0.0.1:8081");
+    assert_eq!(config.server.data_dir, None);
+    assert_eq!(config.log.format, LogFormat::Text);
+    let names: Vec<&str> = config.models.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["mock-chat", "mock-embed"]);
+    assert!(matches!(
+        config.providers["mock"].kind,
+        ProviderKind::Mock(_)
+    ));
+}
+
+#[test]
+fn documented_example_loads() {
+    let text = include_str!("../../../docs/custos.example.toml");
+    let config = load("docs/custos.example.toml", text, &no_env).unwrap();
+    let ProviderKind::OpenAi(openai) = &config.providers["openai"].kind else {
+        panic!("openai provider has the wrong kind");
+    };
+    assert_eq!(openai.base_url, "https://api.openai.com/v1");
+    assert_eq!(
+        openai.credential,
+        CredentialSource::Env("OPENAI_API_KEY".into())
+    );
+    let vllm = &config.providers["vllm"];
+    assert_eq!(vllm.timeouts.connect, Duration::from_secs(2));
+    assert_eq!(vllm.timeouts.total, Duration::from_secs(600));
+    let gpt = config.model("gpt-4o").unwrap();
+    assert_eq!(gpt.targets[1].model, "meta-llama/Llama-3.1-70B-Instruct");
+    assert_eq!(gpt.targets[1].priority, 1);
+    // A target without `model` serves the public name.
+    assert_eq!(
+        config.model("mock-chat").unwrap().targets[0].model,
+        "mock-chat"
+    );
+}
+
+#[test]
+fn environment_overrides_win() {
+    let env = env_of(&[
+        ("CUSTOS_LISTEN", "0.0.0.0:9000"),
+        ("CUSTOS_ADMIN_LISTEN", "127.0.0.1:0"),
+        ("CUSTOS_LOG_FORMAT", "json"),
+        ("CUSTOS_MAX_BODY_SIZE", "1MiB"),
+    ]);
+    let config = load_default(&env).unwrap();
+    assert_eq!(config.server.listen.to_string(), "0.0.0.0:9000");
+    assert_eq!(config.server.admin_listen.port(), 0);
+    assert_eq!(config.log.format, LogFormat::Json);
+    assert_eq!(config.server.max_body_size, 1024 * 1024);
+}
+
+#[test]
+fn bad_environment_value_names_the_variable() {
+    let env = env_of(&[("CUSTOS_LISTEN", "everywhere")]);
+    let err = load_default(&env).unwrap_err().to_string();
+    expect![[r#"
+        <embedded default>: 1 invalid setting(s)
+          server.listen (from CUSTOS_LISTEN): `everywhere` is not an address; expected IP:PORT such as 127.0.0.1:8080 or [::1]:8080 (port 0 picks a free port)"#]]
+    .assert_eq(&err);
+}
+
+#[test]
+fn unknown_key_is_rejected_by_name() {
+    let err = error_text("[server]\nlisten = \"127.0.0.1:1\"\nlistne = \"x\"\n");
+    assert!(err.contains("unknown field `listne`"), "{err}");
+    assert!(err.starts_with("custos.toml: "), "{err}");
+}
+
+#[test]
+fn wrong_type_is_rejected() {
+    let err = error_text("[server]\nlisten = 8080\n");
+    assert!(err.contains("invalid type"), "{err}");
+}
+
+#[test]
+fn every_problem_is_reported_with_its_path() {
+    let err = error_text(
+        r#"
+[server]
+listen = "127.0.0.1:8080"
+admin_listen = "127.0.0.1:8080"
+max_body_size = "12 parsecs"
+shutdown_grace = "soon"
+
+[log]
+format = "xml"
+
+[providers.openai]
+kind = "openai"
+base_url = "ftp://example.com"
+api_key = "sk-secret"
+headers = { Authorization = "Bearer x" }
+timeouts = { connect = "20m", total = "10m" }
+
+[providers.Bad]
+kind = "anthropicish"
+
+[providers.m]
+kind = "mock"
+base_url = "http://x"
+chunks = 0
+
+[[models]]
+name = "a"
+targets = [{ provider = "nope" }, { provider = "m", weight = 0 }]
+
+[[models]]
+name = "a"
+
+[[models]]
+targets = []
+"#,
+    );
+    expect![[r#"
+        custos.toml: 17 invalid setting(s)
+          server.admin_listen: must differ from server.listen (127.0.0.1:8080): the admin API never shares the gateway listener
+          server.max_body_size: unknown size unit `parsecs` in `12 parsecs`, use B, KiB, MiB or GiB
+          server.shutdown_grace: `soon` is not a duration (expected number at 0); write it like "250ms", "30s" or "5m"
+          log.format: unknown format `xml`, expected `text` or `json`
+          providers.Bad: provider names use only a-z, 0-9, `_` and `-` (at most 64 characters)
+          providers.Bad.kind: unknown kind `anthropicish`, expected `openai` or `mock`
+          providers.m.base_url: is only valid for kind = "openai"
+          providers.m.chunks: 0 is out of range, must be between 1 and 10000
+          providers.openai.api_key: credentials are never written in the config file; use api_key_env or api_key_file
+          providers.openai.timeouts.connect: 20m exceeds timeouts.total (10m)
+          providers.openai.base_url: `ftp://example.com` must start with http:// or https://
+          providers.openai.headers.Authorization: is set by Custos itself; credentials go in api_key_env or api_key_file
+          models[0].targets[0].provider: unknown provider `nope`, defined: [Bad, m, openai]
+          models[0].targets[1].weight: 0 is out of range, must be between 1 and 10000
+          models[1].name: duplicate model `a`
+          models[1].targets: at least one target is required
+          models[2].name: is required"#]]
+    .assert_eq(&err);
+}
+
+#[test]
+fn secrets_in_the_file_never_reach_the_message() {
+    let err = error_text(
+        "[providers.x]\nkind = \"openai\"\nbase_url = \"https://a\"\napi_key = \"sk-live-DO-NOT-LEAK\"\n[[models]]\nname = \"m\"\ntargets = [{ provider = \"x\" }]\n",
+    );
+    assert!(!err.contains("DO-NOT-LEAK"), "{err}");
+    assert!(matches!(
+        load("f", "[[models]]\nname = 1", &no_env),
+        Err(ConfigError::Syntax { .. })
+    ));
+}
+
+#[test]
+fn no_models_is_an_error() {
+    let err = error_text("[providers.m]\nkind = \"mock\"\n");
+    assert!(
+        err.contains("models: at least one [[models]] entry is required"),
+        "{err}"
+    );
+}

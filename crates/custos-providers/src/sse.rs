@@ -1,0 +1,291 @@
+//! The SSE relay: a synchronous state machine that takes upstream bytes as
+//! they arrive and returns, at once, every complete event to forward.
+//!
+//! It reads each event's usage, drops the usage-only chunk when Custos asked
+//! for it on the client's behalf, notices `[DONE]` and error events, and keeps
+//! the generated text (bounded) for estimation. It never holds more than one
+//! incomplete event.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use custos_types::Usage;
+
+use crate::usage::inspect_chunk;
+
+/// Largest single event accepted; larger means a broken or hostile upstream.
+pub const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
+
+/// Generated text kept for estimation when no usage arrives.
+const TEXT_CAP: usize = 1024 * 1024;
+
+/// Why a stream could not be relayed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayError {
+    /// One event grew past [`MAX_EVENT_BYTES`] without ending.
+    #[error("an upstream stream event exceeded {MAX_EVENT_BYTES} bytes")]
+    EventTooLarge,
+}
+
+/// Relays one SSE stream.
+#[derive(Debug)]
+pub struct SseRelay {
+    pending: BytesMut,
+    strip_usage: bool,
+    usage: Option<Usage>,
+    done: bool,
+    upstream_error: bool,
+    events: u64,
+    text: String,
+}
+
+impl SseRelay {
+    /// A relay; `strip_usage` drops the usage-only chunk, for clients that
+    /// did not ask for it.
+    pub fn new(strip_usage: bool) -> Self {
+        SseRelay {
+            pending: BytesMut::new(),
+            strip_usage,
+            usage: None,
+            done: false,
+            upstream_error: false,
+            events: 0,
+            text: String::new(),
+        }
+    }
+
+    /// Feeds upstream bytes and returns what to forward now, possibly empty.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Bytes, RelayError> {
+        let mut pending = std::mem::take(&mut self.pending);
+        pending.extend_from_slice(chunk);
+        let mut out = BytesMut::new();
+        let mut start = 0;
+        while let Some((end, next)) = find_boundary(&pending[start..]) {
+            if self.inspect(&pending[start..start + end]) {
+                out.put_slice(&pending[start..start + next]);
+            }
+            start += next;
+        }
+        let _ = pending.split_to(start);
+        self.pending = pending;
+        if self.pending.len() > MAX_EVENT_BYTES {
+            return Err(RelayError::EventTooLarge);
+        }
+        Ok(out.freeze())
+    }
+
+    /// The upstream ended: returns any trailing partial event, which is
+    /// forwarded as it is rather than dropped.
+    pub fn finish(&mut self) -> Bytes {
+        let rest = self.pending.split().freeze();
+        if !rest.iter().all(u8::is_ascii_whitespace) {
+            let trimmed = rest.clone();
+            self.inspect(trim_end(&trimmed));
+        }
+        rest
+    }
+
+    /// Whether `data: [DONE]` was seen.
+    pub fn saw_done(&self) -> bool {
+        self.done
+    }
+
+    /// Whether the upstream sent an `{"error": …}` event.
+    pub fn saw_error(&self) -> bool {
+        self.upstream_error
+    }
+
+    /// The usage the upstream reported, if any.
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    /// Number of events seen so far.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// The generated text seen so far (bounded), for estimation.
+    pub fn generated_text(&self) -> &str {
+        &self.text
+    }
+
+    /// Reads one event; returns whether to forward it.
+    fn inspect(&mut self, event: &[u8]) -> bool {
+        self.events += 1;
+        let mut data: Vec<u8> = Vec::new();
+        let mut lines = 0;
+        for line in event.split(|b| *b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if let Some(rest) = line.strip_prefix(b"data:") {
+                let rest = rest.strip_prefix(b" ").unwrap_or(rest);
+                if lines > 0 {
+                    data.push(b'\n');
+                }
+                data.extend_from_slice(rest);
+                lines += 1;
+            }
+        }
+        if lines == 0 {
+            return true;
+        }
+        if trim_end(&data) == b"[DONE]" {
+            self.done = true;
+            return true;
+        }
+        let info = inspect_chunk(&data, &mut self.text, TEXT_CAP);
+        if info.is_error {
+            self.upstream_error = true;
+        }
+        if let Some(usage) = info.usage {
+            self.usage = Some(usage);
+        }
+        !(self.strip_usage && info.usage_only)
+    }
+}
+
+fn trim_end(b: &[u8]) -> &[u8] {
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(0, |i| i + 1);
+    &b[..end]
+}
+
+/// Finds the first blank line: returns (end of event, start of next event).
+fn find_boundary(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut from = 0;
+    while let Some(i) = memchr::memchr(b'\n', &buf[from..]) {
+        let i = from + i;
+        match buf.get(i + 1) {
+            Some(b'\n') => return Some((i, i + 2)),
+            Some(b'\r') if buf.get(i + 2) == Some(&b'\n') => return Some((i, i + 3)),
+            _ => from = i + 1,
+        }
+    }
+    None
+}
+
+/// An SSE event in the OpenAI error shape, used to end a stream that failed
+/// midway so the client never mistakes a truncation for a complete answer.
+pub fn error_event(message: &str, code: &str) -> Bytes {
+    let body = serde_json::json!({
+        "error": {
+            "message": message,
+            "type": "upstream_error",
+            "param": null,
+            "code": code,
+        }
+    });
+    Bytes::from(format!("data: {body}\n\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONTENT: &str =
+        "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}],\"usage\":null}\n\n";
+    const USAGE: &str = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":1,\"total_tokens\":5}}\n\n";
+    const DONE: &str = "data: [DONE]\n\n";
+
+    fn all() -> String {
+        format!("{CONTENT}{CONTENT}{USAGE}{DONE}")
+    }
+
+    #[test]
+    fn forwards_whole_events_and_strips_usage() {
+        let mut relay = SseRelay::new(true);
+        let out = relay.push(all().as_bytes()).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            format!("{CONTENT}{CONTENT}{DONE}")
+        );
+        assert!(relay.saw_done());
+        assert_eq!(relay.usage().unwrap().total_tokens, 5);
+        assert_eq!(relay.generated_text(), "HiHi");
+    }
+
+    #[test]
+    fn keeps_usage_when_client_asked() {
+        let mut relay = SseRelay::new(false);
+        let out = relay.push(all().as_bytes()).unwrap();
+        assert_eq!(std::str::from_utf8(&out).unwrap(), all());
+    }
+
+    #[test]
+    fn byte_by_byte_gives_the_same_result() {
+        for strip in [false, true] {
+            let mut whole = SseRelay::new(strip);
+            let expected = whole.push(all().as_bytes()).unwrap();
+            let mut relay = SseRelay::new(strip);
+            let mut got = Vec::new();
+            for b in all().as_bytes() {
+                got.extend_from_slice(&relay.push(&[*b]).unwrap());
+            }
+            got.extend_from_slice(&relay.finish());
+            assert_eq!(got, expected.to_vec());
+            assert!(relay.saw_done());
+        }
+    }
+
+    #[test]
+    fn crlf_framing_is_understood() {
+        let mut relay = SseRelay::new(true);
+        let text = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"total_tokens\":1}}\r\n\r\ndata: [DONE]\r\n\r\n";
+        let out = relay.push(text.as_bytes()).unwrap();
+        assert_eq!(&out[..], b"data: [DONE]\r\n\r\n");
+        assert_eq!(relay.usage().unwrap().prompt_tokens, 1);
+    }
+
+    #[test]
+    fn partial_event_is_held_back_until_complete() {
+        let mut relay = SseRelay::new(false);
+        assert!(relay.push(b"data: {\"choices\":[]").unwrap().is_empty());
+        assert_eq!(
+            &relay.push(b"}\n\n").unwrap()[..],
+            b"data: {\"choices\":[]}\n\n"
+        );
+    }
+
+    #[test]
+    fn comments_and_unknown_fields_pass_through() {
+        let mut relay = SseRelay::new(true);
+        let text = ": keep-alive\n\nevent: ping\ndata: {}\n\n";
+        assert_eq!(&relay.push(text.as_bytes()).unwrap()[..], text.as_bytes());
+    }
+
+    #[test]
+    fn error_events_are_noticed() {
+        let mut relay = SseRelay::new(true);
+        relay
+            .push(b"data: {\"error\":{\"message\":\"overloaded\"}}\n\n")
+            .unwrap();
+        assert!(relay.saw_error());
+    }
+
+    #[test]
+    fn trailing_partial_event_is_returned_at_finish() {
+        let mut relay = SseRelay::new(false);
+        relay.push(b"data: [DONE]").unwrap();
+        assert!(!relay.saw_done());
+        assert_eq!(&relay.finish()[..], b"data: [DONE]");
+        assert!(relay.saw_done());
+    }
+
+    #[test]
+    fn oversized_event_is_refused() {
+        let mut relay = SseRelay::new(false);
+        let big = vec![b'a'; MAX_EVENT_BYTES + 1];
+        assert_eq!(relay.push(&big), Err(RelayError::EventTooLarge));
+    }
+
+    #[test]
+    fn error_event_is_openai_shaped() {
+        let ev = error_event("upstream closed", "upstream_stream_interrupted");
+        let text = std::str::from_utf8(&ev).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(text.strip_prefix("data: ").unwrap().trim()).unwrap();
+        assert_eq!(json["error"]["code"], "upstream_stream_interrupted");
+        assert!(text.ends_with("\n\n"));
+    }
+}
