@@ -14,6 +14,7 @@
 //! them and memory stays proportional to recently active keys.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::fmt::Write as _;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -230,10 +231,18 @@ type Shard = Mutex<HashMap<KeyId, Entry>>;
 
 /// A thread-safe rate limiter for requests and tokens per minute, keyed by
 /// [`KeyId`]. Share it behind an `Arc`.
-#[derive(Debug)]
 pub struct RateLimiter {
     shards: [Shard; SHARDS],
     hasher: RandomState,
+}
+
+impl fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The entries could number in the thousands; their count is enough.
+        f.debug_struct("RateLimiter")
+            .field("keys", &self.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for RateLimiter {
