@@ -1,1 +1,91 @@
-//! placeholder
+//! The Custos data plane: the `/v1` router, the request pipeline, routing
+//! with fallback, and the OpenAI error shape.
+//!
+//! A request flows through [`handler`] in fixed stages: request ID and the
+//! outcome guard, method and path, content type, bounded body read, field
+//! extraction, model lookup, (authentication and authorization: added by the
+//! scoped-keys work as one stage here), then the attempt loop over the
+//! model's targets, then the response — whole, or relayed as SSE.
+//!
+//! **Architecture invariant:** this crate builds only the gateway router; the
+//! admin router lives in `custos-admin` and the two are never merged.
+
+pub mod error;
+mod handler;
+pub mod metrics;
+pub mod outcome;
+pub mod routing;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use custos_config::Config;
+use custos_providers::Provider;
+use prometheus_client::registry::Registry;
+
+pub use error::GatewayError;
+pub use metrics::Metrics;
+pub use outcome::{Attempt, LogSink, OutcomeSink, RequestOutcome};
+pub use routing::RouteTable;
+
+/// The shared state of the gateway listener.
+pub struct Gateway {
+    routes: RouteTable,
+    max_body_size: usize,
+    sink: Arc<dyn OutcomeSink>,
+    metrics: Arc<Metrics>,
+    created: u64,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("routes", &self.routes)
+            .field("max_body_size", &self.max_body_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// Builds the gateway from a validated config and its built providers.
+    /// Metrics are registered in `registry`; every finished request goes to
+    /// the metrics and then to each of `sinks`.
+    pub fn new(
+        config: &Config,
+        providers: &HashMap<String, Arc<Provider>>,
+        registry: &mut Registry,
+        sinks: Vec<Arc<dyn OutcomeSink>>,
+    ) -> Arc<Self> {
+        let routes = RouteTable::new(config, providers);
+        let metrics = Metrics::new(
+            registry,
+            routes.names(),
+            providers.keys().map(String::as_str),
+        );
+        let mut all: Vec<Arc<dyn OutcomeSink>> = vec![metrics.clone()];
+        all.extend(sinks);
+        Arc::new(Gateway {
+            routes,
+            max_body_size: config.server.max_body_size,
+            sink: Arc::new(outcome::Sinks(all)),
+            metrics,
+            created: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        })
+    }
+
+    /// The route table.
+    pub fn routes(&self) -> &RouteTable {
+        &self.routes
+    }
+}
+
+/// The `/v1` router. Serve it with
+/// `into_make_service_with_connect_info::<SocketAddr>()` so client
+/// addresses are known.
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    Router::new().fallback(handler::handle).with_state(gateway)
+}

@@ -1,7 +1,10 @@
 //! Hot-path costs: request field extraction, body rewrite, usage extraction
 //! from a response and from a stream.
 
-#![expect(clippy::unwrap_used, reason = "benchmarks run on fixed inputs that are known to be valid")]
+#![expect(
+    clippy::unwrap_used,
+    reason = "benchmarks run on fixed inputs that are known to be valid"
+)]
 #![allow(missing_docs, reason = "criterion macros generate undocumented items")]
 
 use criterion::{Criterion, criterion_group, criterion_main};

@@ -89,6 +89,8 @@ pub struct UpstreamResponse {
     pub content_type: Option<HeaderValue>,
     /// The upstream's own request ID (`x-request-id`), for correlation.
     pub upstream_request_id: Option<String>,
+    /// The upstream `Retry-After`, relayed with 429 and 503 passthroughs.
+    pub retry_after: Option<HeaderValue>,
     /// The body.
     pub body: UpstreamBody,
 }
@@ -196,6 +198,7 @@ pub(crate) struct RawResponse {
     pub status: StatusCode,
     pub content_type: Option<HeaderValue>,
     pub upstream_request_id: Option<String>,
+    pub retry_after: Option<HeaderValue>,
     pub body: ByteStream,
 }
 
@@ -283,6 +286,7 @@ impl Provider {
             status: raw.status,
             content_type: raw.content_type,
             upstream_request_id: raw.upstream_request_id,
+            retry_after: raw.retry_after,
             body,
         })
     }

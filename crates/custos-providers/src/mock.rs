@@ -108,6 +108,7 @@ impl MockProvider {
                         status: StatusCode::OK,
                         content_type: Some(HeaderValue::from_static("text/event-stream")),
                         upstream_request_id,
+                        retry_after: None,
                         body: paced(events, self.settings.chunk_delay),
                     })
                 } else {
@@ -150,6 +151,7 @@ fn full(status: StatusCode, body: String, upstream_request_id: Option<String>) -
         status,
         content_type: Some(HeaderValue::from_static("application/json")),
         upstream_request_id,
+        retry_after: None,
         body: Box::pin(futures_util::stream::iter([Ok(body)])),
     }
 }

@@ -88,12 +88,14 @@ impl OpenAiProvider {
             .and_then(|v| v.to_str().ok())
             .filter(|v| v.len() <= 256)
             .map(str::to_owned);
+        let retry_after = resp.headers().get(http::header::RETRY_AFTER).cloned();
         let status = resp.status();
         let body = Box::pin(resp.bytes_stream().map_err(classify));
         Ok(RawResponse {
             status,
             content_type,
             upstream_request_id,
+            retry_after,
             body,
         })
     }

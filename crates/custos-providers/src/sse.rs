@@ -61,7 +61,12 @@ impl SseRelay {
         let mut start = 0;
         while let Some((end, next)) = find_boundary(&pending[start..]) {
             if self.inspect(&pending[start..start + end]) {
-                out.put_slice(&pending[start..start + next]);
+                let event = &pending[start..start + next];
+                if self.strip_usage {
+                    put_without_null_usage(&mut out, event);
+                } else {
+                    out.put_slice(event);
+                }
             }
             start += next;
         }
@@ -143,6 +148,25 @@ impl SseRelay {
     }
 }
 
+/// Copies an event, removing the `"usage":null` members that exist only
+/// because Custos asked for usage on the client's behalf.
+fn put_without_null_usage(out: &mut BytesMut, event: &[u8]) {
+    const WITH_COMMA_AFTER: &[u8] = b"\"usage\":null,";
+    const WITH_COMMA_BEFORE: &[u8] = b",\"usage\":null";
+    let finder = memchr::memmem::find(event, WITH_COMMA_BEFORE)
+        .map(|i| (i, WITH_COMMA_BEFORE.len()))
+        .or_else(|| {
+            memchr::memmem::find(event, WITH_COMMA_AFTER).map(|i| (i, WITH_COMMA_AFTER.len()))
+        });
+    match finder {
+        Some((i, len)) => {
+            out.put_slice(&event[..i]);
+            out.put_slice(&event[i + len..]);
+        }
+        None => out.put_slice(event),
+    }
+}
+
 fn trim_end(b: &[u8]) -> &[u8] {
     let end = b
         .iter()
@@ -196,13 +220,26 @@ mod tests {
     fn forwards_whole_events_and_strips_usage() {
         let mut relay = SseRelay::new(true);
         let out = relay.push(all().as_bytes()).unwrap();
+        let stripped = CONTENT.replace(",\"usage\":null", "");
         assert_eq!(
             std::str::from_utf8(&out).unwrap(),
-            format!("{CONTENT}{CONTENT}{DONE}")
+            format!("{stripped}{stripped}{DONE}")
         );
         assert!(relay.saw_done());
         assert_eq!(relay.usage().unwrap().total_tokens, 5);
         assert_eq!(relay.generated_text(), "HiHi");
+    }
+
+    #[test]
+    fn null_usage_members_are_removed_when_stripping() {
+        let mut relay = SseRelay::new(true);
+        let out = relay
+            .push(b"data: {\"id\":\"c\",\"usage\":null}\n\ndata: {\"usage\":null,\"id\":\"d\"}\n\n")
+            .unwrap();
+        assert_eq!(
+            &out[..],
+            b"data: {\"id\":\"c\"}\n\ndata: {\"id\":\"d\"}\n\n"
+        );
     }
 
     #[test]

@@ -1,1 +1,105 @@
-fn main() {}
+//! The `custos` binary: command-line parsing, startup and shutdown. This is
+//! the only crate that reads arguments, the environment and files.
+
+#![allow(clippy::print_stdout, reason = "a CLI writes its results to stdout")]
+
+mod serve;
+mod telemetry;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+/// Custos: an LLM API gateway whose request log an auditor can verify.
+#[derive(Debug, Parser)]
+#[command(name = "custos", version, about, long_about = None)]
+struct Cli {
+    /// State directory (SQLite, audit ledger).
+    #[arg(long, global = true, env = "CUSTOS_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Configuration file; without it the embedded default is used.
+    #[arg(long, global = true, env = "CUSTOS_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the gateway and admin listeners.
+    Serve,
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validates a configuration file (with environment overrides) without starting.
+    Check {
+        /// The file; defaults to --config, or the embedded default.
+        file: Option<PathBuf>,
+    },
+    /// Prints the embedded default configuration.
+    Default,
+}
+
+/// The default state directory.
+const DEFAULT_DATA_DIR: &str = "./custos-data";
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve => serve::run(cli.config.as_deref(), cli.data_dir),
+        Command::Config(ConfigCommand::Check { file }) => {
+            config_check(file.as_deref().or(cli.config.as_deref()))
+        }
+        Command::Config(ConfigCommand::Default) => {
+            print!("{}", custos_config::DEFAULT_CONFIG);
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("custos: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Reads and validates the configuration: the file if given, otherwise the
+/// embedded default, then `CUSTOS_…` overrides from the environment.
+pub(crate) fn load_config(file: Option<&Path>) -> anyhow::Result<custos_config::Config> {
+    let env = |name: &str| std::env::var(name).ok();
+    match file {
+        None => Ok(custos_config::load_default(&env)?),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?;
+            Ok(custos_config::load(
+                &path.display().to_string(),
+                &text,
+                &env,
+            )?)
+        }
+    }
+}
+
+fn config_check(file: Option<&Path>) -> anyhow::Result<()> {
+    let config = load_config(file)?;
+    let name = file.map_or_else(
+        || "<embedded default>".to_owned(),
+        |p| p.display().to_string(),
+    );
+    println!(
+        "{name}: ok ({} provider(s), {} model(s); gateway {}, admin {})",
+        config.providers.len(),
+        config.models.len(),
+        config.server.listen,
+        config.server.admin_listen
+    );
+    Ok(())
+}

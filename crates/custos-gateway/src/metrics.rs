@@ -1,0 +1,233 @@
+//! Gateway metrics, fed from [`RequestOutcome`]s. Every label comes from a
+//! bounded set: configured model and provider names, endpoint names, status
+//! classes and error kinds. Request IDs and key IDs never become labels.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::outcome::{OutcomeSink, RequestOutcome};
+
+/// Labels of the request counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Endpoint name.
+    pub endpoint: &'static str,
+    /// Configured model the client asked for, or `unknown`.
+    pub model_requested: String,
+    /// Upstream model that answered, or `none`.
+    pub model_served: String,
+    /// Provider that answered, or `none`.
+    pub provider: String,
+    /// `2xx`, `4xx`, `5xx` or `disconnect`.
+    pub status_class: &'static str,
+}
+
+/// Labels keyed by endpoint.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// Endpoint name.
+    pub endpoint: &'static str,
+}
+
+/// Labels keyed by provider.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    /// Provider name.
+    pub provider: String,
+}
+
+/// Labels of upstream errors.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamErrorLabels {
+    /// Provider name.
+    pub provider: String,
+    /// `connect`, `timeout`, `transport`, `status`, `too_large`.
+    pub kind: &'static str,
+}
+
+/// Labels of token counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    /// Configured model.
+    pub model: String,
+    /// `prompt` or `completion`.
+    pub kind: &'static str,
+}
+
+/// The gateway's metric families.
+pub struct Metrics {
+    known_models: HashSet<String>,
+    known_providers: HashSet<String>,
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<EndpointLabels, Histogram>,
+    upstream_ttfb: Family<ProviderLabels, Histogram>,
+    overhead: Family<EndpointLabels, Histogram>,
+    tokens: Family<TokenLabels, Counter>,
+    upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    in_flight: Gauge<i64, AtomicI64>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100µs to ~26s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 19))
+}
+
+impl Metrics {
+    /// Registers the families in `registry`.
+    pub fn new<'a>(
+        registry: &mut Registry,
+        models: impl IntoIterator<Item = &'a str>,
+        providers: impl IntoIterator<Item = &'a str>,
+    ) -> Arc<Self> {
+        let m = Metrics {
+            known_models: models.into_iter().map(str::to_owned).collect(),
+            known_providers: providers.into_iter().map(str::to_owned).collect(),
+            requests: Family::default(),
+            duration: Family::new_with_constructor(latency_histogram),
+            upstream_ttfb: Family::new_with_constructor(latency_histogram),
+            overhead: Family::new_with_constructor(latency_histogram),
+            tokens: Family::default(),
+            upstream_errors: Family::default(),
+            in_flight: Gauge::default(),
+        };
+        registry.register(
+            "custos_requests",
+            "Requests by endpoint, model requested, model served, provider and status class",
+            m.requests.clone(),
+        );
+        registry.register(
+            "custos_request_duration_seconds",
+            "Whole-request latency as seen by the gateway",
+            m.duration.clone(),
+        );
+        registry.register(
+            "custos_upstream_ttfb_seconds",
+            "Upstream time to first byte of the attempt that answered",
+            m.upstream_ttfb.clone(),
+        );
+        registry.register(
+            "custos_gateway_overhead_seconds",
+            "Gateway's own time: total latency minus time waiting on upstreams",
+            m.overhead.clone(),
+        );
+        registry.register(
+            "custos_tokens",
+            "Tokens by model and kind",
+            m.tokens.clone(),
+        );
+        registry.register(
+            "custos_upstream_errors",
+            "Failed upstream attempts by provider and kind",
+            m.upstream_errors.clone(),
+        );
+        registry.register(
+            "custos_in_flight_requests",
+            "Requests currently being served",
+            m.in_flight.clone(),
+        );
+        Arc::new(m)
+    }
+
+    /// A request started.
+    pub fn start(&self) {
+        self.in_flight.inc();
+    }
+
+    fn bounded_model(&self, model: Option<&str>) -> String {
+        match model {
+            Some(m) if self.known_models.contains(m) => m.to_owned(),
+            Some(_) => "unknown".to_owned(),
+            None => "none".to_owned(),
+        }
+    }
+
+    fn bounded_provider(&self, provider: &str) -> String {
+        if self.known_providers.contains(provider) {
+            provider.to_owned()
+        } else {
+            "unknown".to_owned()
+        }
+    }
+}
+
+impl OutcomeSink for Metrics {
+    fn record(&self, o: RequestOutcome) {
+        self.in_flight.dec();
+        let status_class = match o.status {
+            499 => "disconnect",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        let provider = o
+            .provider
+            .as_deref()
+            .map_or_else(|| "none".to_owned(), |p| self.bounded_provider(p));
+        let model_requested = self.bounded_model(o.model_requested.as_deref());
+        // The served model is an upstream name from configuration, so it is
+        // bounded as long as it came from a configured provider.
+        let model_served = match (&o.model_served, provider.as_str()) {
+            (Some(m), p) if p != "none" && p != "unknown" => m.clone(),
+            _ => "none".to_owned(),
+        };
+        self.requests
+            .get_or_create(&RequestLabels {
+                endpoint: o.endpoint,
+                model_requested: model_requested.clone(),
+                model_served,
+                provider: provider.clone(),
+                status_class,
+            })
+            .inc();
+        let endpoint = EndpointLabels {
+            endpoint: o.endpoint,
+        };
+        self.duration
+            .get_or_create(&endpoint)
+            .observe(o.latency.as_secs_f64());
+        self.overhead
+            .get_or_create(&endpoint)
+            .observe(o.latency.saturating_sub(o.upstream_time).as_secs_f64());
+        if let Some(last) = o.attempts.last()
+            && last.error.is_none()
+        {
+            self.upstream_ttfb
+                .get_or_create(&ProviderLabels {
+                    provider: provider.clone(),
+                })
+                .observe(last.duration.as_secs_f64());
+        }
+        for attempt in &o.attempts {
+            if let Some(kind) = attempt.error {
+                self.upstream_errors
+                    .get_or_create(&UpstreamErrorLabels {
+                        provider: self.bounded_provider(&attempt.provider),
+                        kind,
+                    })
+                    .inc();
+            }
+        }
+        if let Some(usage) = o.usage {
+            for (kind, n) in [
+                ("prompt", usage.prompt_tokens),
+                ("completion", usage.completion_tokens),
+            ] {
+                self.tokens
+                    .get_or_create(&TokenLabels {
+                        model: model_requested.clone(),
+                        kind,
+                    })
+                    .inc_by(n);
+            }
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! `custos serve`: builds the providers, the gateway and the admin listener,
+//! binds both addresses, prints the ready line, and shuts down gracefully on
+//! SIGTERM or SIGINT.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use axum::serve::ListenerExt as _;
+use custos_admin::AdminState;
+use custos_config::{Config, CredentialSource, ProviderKind};
+use custos_gateway::{Gateway, LogSink};
+use custos_providers::Provider;
+use custos_types::SecretString;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub fn run(config_file: Option<&Path>, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = crate::load_config(config_file)?;
+    crate::telemetry::init(&config.log)?;
+    let data_dir = data_dir
+        .or_else(|| config.server.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(crate::DEFAULT_DATA_DIR));
+    prepare_data_dir(&data_dir)?;
+    let providers = build_providers(&config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("custos")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(config, data_dir, providers))
+}
+
+fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    let meta = std::fs::metadata(dir)
+        .with_context(|| format!("cannot read data directory {}", dir.display()))?;
+    if !meta.is_dir() {
+        bail!("data directory {} is not a directory", dir.display());
+    }
+    Ok(())
+}
+
+fn build_providers(config: &Config) -> anyhow::Result<HashMap<String, Arc<Provider>>> {
+    let mut out = HashMap::new();
+    for (name, provider) in &config.providers {
+        let credential = match &provider.kind {
+            ProviderKind::OpenAi(settings) => resolve_credential(name, &settings.credential)?,
+            ProviderKind::Mock(_) => None,
+        };
+        let built = Provider::new(provider, credential)?;
+        out.insert(name.clone(), Arc::new(built));
+    }
+    Ok(out)
+}
+
+fn resolve_credential(
+    provider: &str,
+    source: &CredentialSource,
+) -> anyhow::Result<Option<SecretString>> {
+    match source {
+        CredentialSource::None => Ok(None),
+        CredentialSource::Env(var) => match std::env::var(var) {
+            Ok(value) if !value.trim().is_empty() => {
+                Ok(Some(SecretString::from(value.trim().to_owned())))
+            }
+            _ => {
+                bail!("provider `{provider}`: environment variable {var} (api_key_env) is not set")
+            }
+        },
+        CredentialSource::File(path) => {
+            let meta = std::fs::metadata(path).with_context(|| {
+                format!(
+                    "provider `{provider}`: cannot read api_key_file {}",
+                    path.display()
+                )
+            })?;
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(
+                    provider,
+                    file = %path.display(),
+                    mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                    "api_key_file is readable by other users; chmod 600 it"
+                );
+            }
+            let text = std::fs::read_to_string(path).with_context(|| {
+                format!(
+                    "provider `{provider}`: cannot read api_key_file {}",
+                    path.display()
+                )
+            })?;
+            let key = text.trim();
+            if key.is_empty() {
+                bail!(
+                    "provider `{provider}`: api_key_file {} is empty",
+                    path.display()
+                );
+            }
+            Ok(Some(SecretString::from(key.to_owned())))
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ({what})"))
+}
+
+async fn serve(
+    config: Config,
+    data_dir: PathBuf,
+    providers: HashMap<String, Arc<Provider>>,
+) -> anyhow::Result<()> {
+    let mut registry = Registry::default();
+    let gateway = Gateway::new(&config, &providers, &mut registry, vec![Arc::new(LogSink)]);
+    let admin = AdminState::new(registry, data_dir.clone());
+
+    let gateway_listener = bind(config.server.listen, "server.listen").await?;
+    let admin_listener = bind(config.server.admin_listen, "server.admin_listen").await?;
+    let gateway_addr = gateway_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(watch_signals(shutdown.clone(), admin.clone()));
+
+    let gateway_server = axum::serve(
+        gateway_listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        }),
+        custos_gateway::router(gateway).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let admin_server = axum::serve(admin_listener, custos_admin::router(admin.clone()))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+
+    admin.set_ready(true);
+    tracing::info!(
+        gateway = %gateway_addr,
+        admin = %admin_addr,
+        data_dir = %data_dir.display(),
+        models = config.models.len(),
+        "custos ready"
+    );
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "custos ready gateway=http://{gateway_addr} admin=http://{admin_addr}"
+        )?;
+        out.flush()?;
+    }
+
+    let servers = async {
+        tokio::try_join!(
+            std::future::IntoFuture::into_future(gateway_server),
+            std::future::IntoFuture::into_future(admin_server)
+        )
+    };
+    let grace = config.server.shutdown_grace;
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = servers => {
+            result.context("server failed")?;
+            tracing::info!("all connections closed; stopped");
+        }
+        () = deadline => {
+            tracing::warn!(grace = ?grace, "shutdown grace period elapsed; closing remaining connections");
+        }
+    }
+    Ok(())
+}
+
+async fn watch_signals(shutdown: CancellationToken, admin: Arc<AdminState>) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; draining"),
+        () = terminate => tracing::info!("SIGTERM received; draining"),
+    }
+    admin.set_ready(false);
+    shutdown.cancel();
+}
