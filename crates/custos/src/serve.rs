@@ -51,9 +51,15 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
     // the service user may enter it.
     let mode = meta.permissions().mode();
     if mode & 0o077 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).with_context(|| {
-            format!("data directory {} is mode {:o}; cannot restrict it to 0700", dir.display(), mode & 0o777)
-        })?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).with_context(
+            || {
+                format!(
+                    "data directory {} is mode {:o}; cannot restrict it to 0700",
+                    dir.display(),
+                    mode & 0o777
+                )
+            },
+        )?;
         tracing::warn!(
             data_dir = %dir.display(),
             was = format!("{:o}", mode & 0o777),

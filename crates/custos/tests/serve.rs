@@ -1,7 +1,12 @@
 //! The built `custos` binary end to end: startup on the embedded default,
 //! the two listeners, graceful shutdown, configuration errors, logs.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests"
+)]
 
 use std::process::Command;
 use std::time::Duration;
@@ -28,9 +33,17 @@ async fn starts_on_the_embedded_default_and_serves_the_mock() {
     let dir = temp_dir("default");
     let p = serve(dir.path(), &[], &[]);
     let client = reqwest::Client::new();
-    let health = client.get(format!("{}/healthz", p.admin_url())).send().await.unwrap();
+    let health = client
+        .get(format!("{}/healthz", p.admin_url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status(), 200);
-    let ready = client.get(format!("{}/readyz", p.admin_url())).send().await.unwrap();
+    let ready = client
+        .get(format!("{}/readyz", p.admin_url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 200);
     let resp = client
         .post(format!("{}/chat/completions", p.base_url()))
@@ -41,10 +54,17 @@ async fn starts_on_the_embedded_default_and_serves_the_mock() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     let json: serde_json::Value = resp.json().await.unwrap();
-    assert!(json["choices"][0]["message"]["content"].as_str().unwrap().contains("ping"));
+    assert!(
+        json["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("ping")
+    );
     assert!(json["usage"]["total_tokens"].as_u64().unwrap() > 0);
     // State lives in the data dir, private to the user.
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(dir.path()).unwrap().permissions());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.path()).unwrap().permissions(),
+    );
     assert_eq!(mode & 0o077, 0, "data dir mode {mode:o}");
 }
 
@@ -54,14 +74,26 @@ async fn admin_routes_are_absent_from_the_gateway_port_and_vice_versa() {
     let p = serve(dir.path(), &[], &[]);
     let client = reqwest::Client::new();
     for path in ["/healthz", "/readyz", "/metrics"] {
-        let resp = client.get(format!("http://{}{path}", p.gateway)).send().await.unwrap();
+        let resp = client
+            .get(format!("http://{}{path}", p.gateway))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 404, "{path} on the gateway port");
         let body: serde_json::Value = resp.json().await.unwrap();
         assert_eq!(body["error"]["code"], "unknown_url");
     }
-    let resp = client.get(format!("{}/v1/models", p.admin_url())).send().await.unwrap();
+    let resp = client
+        .get(format!("{}/v1/models", p.admin_url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 404);
-    let metrics = client.get(format!("{}/metrics", p.admin_url())).send().await.unwrap();
+    let metrics = client
+        .get(format!("{}/metrics", p.admin_url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(metrics.status(), 200);
     assert!(metrics.text().await.unwrap().contains("custos_requests"));
 }
@@ -97,12 +129,21 @@ targets = [{ provider = "mock" }]
     // The stream is in flight: its headers are here, its body is not.
     p.signal("TERM");
     let text = resp.text().await.unwrap();
-    assert!(text.ends_with("data: [DONE]\n\n"), "stream cut short:\n{text}");
+    assert!(
+        text.ends_with("data: [DONE]\n\n"),
+        "stream cut short:\n{text}"
+    );
     let status = p.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "{status:?}\n{}", p.stderr());
     assert!(p.stderr().contains("SIGTERM received"));
     // Nothing listens any more.
-    assert!(client.get(format!("{}/models", p.base_url())).send().await.is_err());
+    assert!(
+        client
+            .get(format!("{}/models", p.base_url()))
+            .send()
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]
@@ -137,32 +178,69 @@ targets = [{ provider = "mock" }]
     let status = p.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "{status:?}");
     // 30 chunks a second apart would take 30 s; the grace period cut it.
-    assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
-    assert!(p.stderr().contains("grace period elapsed"), "{}", p.stderr());
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        p.stderr().contains("grace period elapsed"),
+        "{}",
+        p.stderr()
+    );
 }
 
 #[test]
 fn config_check_accepts_the_example_and_rejects_bad_files() {
     let ok = Command::new(BIN)
-        .args(["config", "check", concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/custos.example.toml")])
+        .args([
+            "config",
+            "check",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../docs/custos.example.toml"
+            ),
+        ])
         .output()
         .unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     assert!(String::from_utf8_lossy(&ok.stdout).contains(": ok ("));
 
     let dir = temp_dir("check");
-    let bad = write_config(dir.path(), "[server]\nlisten = \"nowhere\"\n[[models]]\nname = \"m\"\ntargets = [{ provider = \"ghost\" }]\n");
-    let out = Command::new(BIN).args(["config", "check", &bad]).output().unwrap();
+    let bad = write_config(
+        dir.path(),
+        "[server]\nlisten = \"nowhere\"\n[[models]]\nname = \"m\"\ntargets = [{ provider = \"ghost\" }]\n",
+    );
+    let out = Command::new(BIN)
+        .args(["config", "check", &bad])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("server.listen: `nowhere` is not an address"), "{stderr}");
-    assert!(stderr.contains("models[0].targets[0].provider: unknown provider `ghost`"), "{stderr}");
+    assert!(
+        stderr.contains("server.listen: `nowhere` is not an address"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("models[0].targets[0].provider: unknown provider `ghost`"),
+        "{stderr}"
+    );
 
-    let missing = Command::new(BIN).args(["config", "check", "/nonexistent/custos.toml"]).output().unwrap();
+    let missing = Command::new(BIN)
+        .args(["config", "check", "/nonexistent/custos.toml"])
+        .output()
+        .unwrap();
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read config file"));
 
-    let default = Command::new(BIN).args(["config", "default"]).output().unwrap();
+    let default = Command::new(BIN)
+        .args(["config", "default"])
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&default.stdout).contains("[providers.mock]"));
 }
 
@@ -176,7 +254,10 @@ fn serve_refuses_an_invalid_environment_override() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("server.listen (from CUSTOS_LISTEN)"), "{stderr}");
+    assert!(
+        stderr.contains("server.listen (from CUSTOS_LISTEN)"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -192,7 +273,10 @@ fn a_busy_port_is_a_clear_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("cannot listen on {addr} (server.listen)")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr} (server.listen)")),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
@@ -208,7 +292,13 @@ async fn provider_credentials_come_from_the_environment_and_never_reach_logs() {
     );
     // Without the variable, startup fails naming it.
     let out = Command::new(BIN)
-        .args(["serve", "--data-dir", dir.path().to_str().unwrap(), "--config", &config])
+        .args([
+            "serve",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--config",
+            &config,
+        ])
         .env("CUSTOS_LISTEN", "127.0.0.1:0")
         .env("CUSTOS_ADMIN_LISTEN", "127.0.0.1:0")
         .env_remove("TEST_UPSTREAM_KEY")
@@ -218,7 +308,11 @@ async fn provider_credentials_come_from_the_environment_and_never_reach_logs() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("TEST_UPSTREAM_KEY"));
 
     let secret = "sk-test-DO-NOT-LOG-4f9a";
-    let p = serve(dir.path(), &["--config", &config], &[("TEST_UPSTREAM_KEY", secret)]);
+    let p = serve(
+        dir.path(),
+        &["--config", &config],
+        &[("TEST_UPSTREAM_KEY", secret)],
+    );
     let resp = reqwest::Client::new()
         .post(format!("{}/chat/completions", p.base_url()))
         .header("content-type", "application/json")
@@ -227,11 +321,18 @@ async fn provider_credentials_come_from_the_environment_and_never_reach_logs() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(up.received()[0].header("authorization"), Some(format!("Bearer {secret}").as_str()));
+    assert_eq!(
+        up.received()[0].header("authorization"),
+        Some(format!("Bearer {secret}").as_str())
+    );
     drop(p);
     // JSON logs: every line parses, and the key is nowhere.
     let dir2 = temp_dir("secret2");
-    let p = serve(dir2.path(), &["--config", &config], &[("TEST_UPSTREAM_KEY", secret)]);
+    let p = serve(
+        dir2.path(),
+        &["--config", &config],
+        &[("TEST_UPSTREAM_KEY", secret)],
+    );
     let _ = reqwest::Client::new()
         .post(format!("{}/chat/completions", p.base_url()))
         .header("content-type", "application/json")
