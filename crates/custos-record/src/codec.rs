@@ -1,0 +1,353 @@
+//! The canonical encoder and the strict decoder.
+//!
+//! Encoding writes the keys of each record type in a fixed, sorted order
+//! by hand; nested structs get the same property from their field order.
+//! Decoding reads into one private struct that has every top-level key of
+//! every record type (so it needs a single pass and no buffering), checks
+//! which keys the record type allows, validates the values, and finally
+//! re-encodes and compares: only the canonical bytes are accepted.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::SCHEMA_VERSION;
+use crate::error::RecordError;
+use crate::schema::{
+    Admin, AdminActor, Attempt, Change, Client, Inference, KeyActor, Record, RecordBody,
+    RecordType, Scalar, System, Target, Usage, Via,
+};
+use crate::time::Timestamp;
+use crate::validate::MAX_RECORD_BYTES;
+
+/// The canonical encoding of `record`: the exact leaf input, without a
+/// trailing newline.
+///
+/// The record is not validated here; the ledger calls
+/// [`RecordBody::validate`] before it assigns a sequence number, and
+/// [`decode`] rejects the bytes of an invalid record.
+#[must_use]
+pub fn encode(record: &Record) -> Vec<u8> {
+    let mut out = Vec::with_capacity(384);
+    encode_into(record, &mut out);
+    out
+}
+
+/// Appends the canonical encoding of `record` to `out`, so that a writer
+/// can encode a batch into one buffer.
+pub fn encode_into(record: &Record, out: &mut Vec<u8>) {
+    let mut ser = serde_json::Serializer::new(out);
+    // Serialising into a Vec cannot fail: every map key is a string and
+    // every value a string, integer, boolean, sequence or map of those.
+    let _ = Canonical(record).serialize(&mut ser);
+}
+
+/// Decodes one record and checks that `bytes` is exactly its canonical
+/// encoding.
+///
+/// # Errors
+///
+/// [`RecordError::TooLarge`], [`RecordError::Malformed`],
+/// [`RecordError::UnsupportedVersion`], [`RecordError::MissingField`],
+/// [`RecordError::UnexpectedField`], [`RecordError::InvalidField`],
+/// [`RecordError::InvalidTimestamp`] or [`RecordError::NonCanonical`].
+pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
+    if bytes.len() > MAX_RECORD_BYTES {
+        return Err(RecordError::TooLarge {
+            len: bytes.len(),
+            max: MAX_RECORD_BYTES,
+        });
+    }
+    let wire: Wire = match serde_json::from_slice(bytes) {
+        Ok(w) => w,
+        Err(e) => return Err(version_error(bytes).unwrap_or_else(|| malformed(&e))),
+    };
+    if wire.v != SCHEMA_VERSION {
+        return Err(RecordError::UnsupportedVersion { v: wire.v });
+    }
+    let record = wire.into_record()?;
+    record.body.validate()?;
+    let again = encode(&record);
+    if again != bytes {
+        let offset = again
+            .iter()
+            .zip(bytes)
+            .position(|(a, b)| a != b)
+            .unwrap_or(again.len().min(bytes.len()));
+        return Err(RecordError::NonCanonical { offset });
+    }
+    Ok(record)
+}
+
+fn malformed(e: &serde_json::Error) -> RecordError {
+    RecordError::Malformed {
+        reason: e.to_string(),
+    }
+}
+
+/// On the error path only: a record of another version may have fields
+/// version 1 does not know, so report the version rather than the field.
+fn version_error(bytes: &[u8]) -> Option<RecordError> {
+    #[derive(Deserialize)]
+    struct VersionOnly {
+        v: u64,
+    }
+    let v = serde_json::from_slice::<VersionOnly>(bytes).ok()?.v;
+    (v != SCHEMA_VERSION).then_some(RecordError::UnsupportedVersion { v })
+}
+
+/// Serialises a record with its keys in bytewise order.
+struct Canonical<'a>(&'a Record);
+
+fn opt<M: SerializeMap, T: Serialize>(m: &mut M, key: &str, v: Option<&T>) -> Result<(), M::Error> {
+    match v {
+        Some(v) => m.serialize_entry(key, v),
+        None => Ok(()),
+    }
+}
+
+impl Serialize for Canonical<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let Record { seq, ts, body } = self.0;
+        let mut m = s.serialize_map(None)?;
+        match body {
+            RecordBody::Inference(r) => {
+                opt(&mut m, "actor", r.actor.as_ref())?;
+                if !r.attempts.is_empty() {
+                    m.serialize_entry("attempts", &r.attempts)?;
+                }
+                opt(&mut m, "client", r.client.as_ref())?;
+                m.serialize_entry("endpoint", &r.endpoint)?;
+                opt(&mut m, "error_code", r.error_code.as_ref())?;
+                m.serialize_entry("event", &r.event)?;
+                m.serialize_entry("latency_us", &r.latency_us)?;
+                m.serialize_entry("method", &r.method)?;
+                opt(&mut m, "model_requested", r.model_requested.as_ref())?;
+                opt(&mut m, "model_served", r.model_served.as_ref())?;
+                m.serialize_entry("path", &r.path)?;
+                opt(&mut m, "provider", r.provider.as_ref())?;
+                m.serialize_entry("request_id", &r.request_id)?;
+                m.serialize_entry("seq", seq)?;
+                m.serialize_entry("status", &r.status)?;
+                m.serialize_entry("stream", &r.stream)?;
+                m.serialize_entry("ts", ts)?;
+                opt(&mut m, "ttfb_us", r.ttfb_us.as_ref())?;
+                m.serialize_entry("type", &RecordType::Inference)?;
+                opt(
+                    &mut m,
+                    "upstream_request_id",
+                    r.upstream_request_id.as_ref(),
+                )?;
+                opt(&mut m, "usage", r.usage.as_ref())?;
+            }
+            RecordBody::Admin(r) => {
+                m.serialize_entry("action", &r.action)?;
+                m.serialize_entry("actor", &r.actor)?;
+                if !r.changes.is_empty() {
+                    m.serialize_entry("changes", &r.changes)?;
+                }
+                m.serialize_entry("event", &r.event)?;
+                opt(&mut m, "reason", r.reason.as_ref())?;
+                m.serialize_entry("seq", seq)?;
+                opt(&mut m, "target", r.target.as_ref())?;
+                m.serialize_entry("ts", ts)?;
+                m.serialize_entry("type", &RecordType::Admin)?;
+            }
+            RecordBody::System(r) => {
+                if !r.details.is_empty() {
+                    m.serialize_entry("details", &r.details)?;
+                }
+                m.serialize_entry("event", &r.event)?;
+                m.serialize_entry("seq", seq)?;
+                m.serialize_entry("ts", ts)?;
+                m.serialize_entry("type", &RecordType::System)?;
+            }
+        }
+        m.serialize_entry("v", &SCHEMA_VERSION)?;
+        m.end()
+    }
+}
+
+/// Every top-level key of every record type, so that decoding is one pass.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wire {
+    action: Option<String>,
+    actor: Option<WireActor>,
+    attempts: Option<Vec<Attempt>>,
+    changes: Option<BTreeMap<String, Change>>,
+    client: Option<Client>,
+    details: Option<BTreeMap<String, Scalar>>,
+    endpoint: Option<String>,
+    error_code: Option<String>,
+    event: String,
+    latency_us: Option<u64>,
+    method: Option<String>,
+    model_requested: Option<String>,
+    model_served: Option<String>,
+    path: Option<String>,
+    provider: Option<String>,
+    reason: Option<String>,
+    request_id: Option<String>,
+    seq: u64,
+    status: Option<u16>,
+    stream: Option<bool>,
+    target: Option<Target>,
+    ts: Timestamp,
+    ttfb_us: Option<u64>,
+    #[serde(rename = "type")]
+    record_type: RecordType,
+    upstream_request_id: Option<String>,
+    usage: Option<Usage>,
+    v: u64,
+}
+
+/// Both actor shapes, told apart by the record type.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireActor {
+    ip: Option<IpAddr>,
+    key_id: Option<String>,
+    key_name: Option<String>,
+    mfa: Option<bool>,
+    owner: Option<String>,
+    role: Option<String>,
+    team: Option<String>,
+    user: Option<String>,
+    via: Option<Via>,
+}
+
+/// Checks presence rules for one record type.
+struct Fields(&'static str);
+
+impl Fields {
+    fn required<T>(&self, field: &'static str, v: Option<T>) -> Result<T, RecordError> {
+        v.ok_or(RecordError::MissingField {
+            field,
+            record_type: self.0,
+        })
+    }
+
+    fn absent(&self, field: &'static str, present: bool) -> Result<(), RecordError> {
+        if present {
+            Err(RecordError::UnexpectedField {
+                field,
+                record_type: self.0,
+            })
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Wire {
+    fn into_record(self) -> Result<Record, RecordError> {
+        let f = Fields(self.record_type.as_str());
+        let body = match self.record_type {
+            RecordType::Inference => {
+                f.absent("action", self.action.is_some())?;
+                f.absent("changes", self.changes.is_some())?;
+                f.absent("details", self.details.is_some())?;
+                f.absent("reason", self.reason.is_some())?;
+                f.absent("target", self.target.is_some())?;
+                let actor = match self.actor {
+                    None => None,
+                    Some(a) => {
+                        f.absent("actor.ip", a.ip.is_some())?;
+                        f.absent("actor.mfa", a.mfa.is_some())?;
+                        f.absent("actor.role", a.role.is_some())?;
+                        f.absent("actor.user", a.user.is_some())?;
+                        f.absent("actor.via", a.via.is_some())?;
+                        Some(KeyActor {
+                            key_id: a.key_id,
+                            key_name: a.key_name,
+                            owner: a.owner,
+                            team: a.team,
+                        })
+                    }
+                };
+                RecordBody::Inference(Inference {
+                    event: self.event,
+                    request_id: f.required("request_id", self.request_id)?,
+                    actor,
+                    client: self.client,
+                    endpoint: f.required("endpoint", self.endpoint)?,
+                    method: f.required("method", self.method)?,
+                    path: f.required("path", self.path)?,
+                    model_requested: self.model_requested,
+                    model_served: self.model_served,
+                    provider: self.provider,
+                    attempts: self.attempts.unwrap_or_default(),
+                    upstream_request_id: self.upstream_request_id,
+                    status: f.required("status", self.status)?,
+                    error_code: self.error_code,
+                    usage: self.usage,
+                    stream: f.required("stream", self.stream)?,
+                    latency_us: f.required("latency_us", self.latency_us)?,
+                    ttfb_us: self.ttfb_us,
+                })
+            }
+            RecordType::Admin => {
+                f.absent("details", self.details.is_some())?;
+                self.absent_inference_fields(&f)?;
+                let a = f.required("actor", self.actor)?;
+                f.absent("actor.key_id", a.key_id.is_some())?;
+                f.absent("actor.key_name", a.key_name.is_some())?;
+                f.absent("actor.owner", a.owner.is_some())?;
+                f.absent("actor.team", a.team.is_some())?;
+                RecordBody::Admin(Admin {
+                    event: self.event,
+                    actor: AdminActor {
+                        ip: a.ip,
+                        mfa: f.required("actor.mfa", a.mfa)?,
+                        role: f.required("actor.role", a.role)?,
+                        user: f.required("actor.user", a.user)?,
+                        via: f.required("actor.via", a.via)?,
+                    },
+                    action: f.required("action", self.action)?,
+                    target: self.target,
+                    changes: self.changes.unwrap_or_default(),
+                    reason: self.reason,
+                })
+            }
+            RecordType::System => {
+                f.absent("action", self.action.is_some())?;
+                f.absent("actor", self.actor.is_some())?;
+                f.absent("changes", self.changes.is_some())?;
+                f.absent("reason", self.reason.is_some())?;
+                f.absent("target", self.target.is_some())?;
+                self.absent_inference_fields(&f)?;
+                RecordBody::System(System {
+                    event: self.event,
+                    details: self.details.unwrap_or_default(),
+                })
+            }
+        };
+        Ok(Record {
+            seq: self.seq,
+            ts: self.ts,
+            body,
+        })
+    }
+
+    fn absent_inference_fields(&self, f: &Fields) -> Result<(), RecordError> {
+        f.absent("attempts", self.attempts.is_some())?;
+        f.absent("client", self.client.is_some())?;
+        f.absent("endpoint", self.endpoint.is_some())?;
+        f.absent("error_code", self.error_code.is_some())?;
+        f.absent("latency_us", self.latency_us.is_some())?;
+        f.absent("method", self.method.is_some())?;
+        f.absent("model_requested", self.model_requested.is_some())?;
+        f.absent("model_served", self.model_served.is_some())?;
+        f.absent("path", self.path.is_some())?;
+        f.absent("provider", self.provider.is_some())?;
+        f.absent("request_id", self.request_id.is_some())?;
+        f.absent("status", self.status.is_some())?;
+        f.absent("stream", self.stream.is_some())?;
+        f.absent("ttfb_us", self.ttfb_us.is_some())?;
+        f.absent("upstream_request_id", self.upstream_request_id.is_some())?;
+        f.absent("usage", self.usage.is_some())
+    }
+}
