@@ -4,6 +4,8 @@
 
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use custos_auth::Denied;
+use custos_auth::limit::Dimension;
 use http::header::{ALLOW, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, StatusCode};
 use serde::Serialize;
@@ -78,6 +80,20 @@ pub enum GatewayError {
     /// The server is shutting down.
     #[error("the server is shutting down; retry on another instance")]
     ShuttingDown,
+    /// No valid API key (401), or keys could not be checked (503).
+    #[error("{0}")]
+    Unauthenticated(crate::auth::AuthError),
+    /// The key may not do this (403).
+    #[error("{0}")]
+    Forbidden(Denied),
+    /// The key's per-minute limit is spent (429).
+    #[error("rate limit reached for {} per minute; retry after {retry_after_secs}s", .dimension.as_str())]
+    RateLimited {
+        /// Which limit.
+        dimension: Dimension,
+        /// Whole seconds until a retry would pass.
+        retry_after_secs: u64,
+    },
 }
 
 impl GatewayError {
@@ -104,6 +120,12 @@ impl GatewayError {
             GatewayError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Unauthenticated(crate::auth::AuthError::Unavailable) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            GatewayError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
+            GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -121,11 +143,23 @@ impl GatewayError {
             GatewayError::UpstreamFailed(_) => "upstream_error",
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::ShuttingDown => "shutting_down",
+            GatewayError::Unauthenticated(e) => e.code(),
+            GatewayError::Forbidden(d) => d.code(),
+            GatewayError::RateLimited { .. } => "rate_limit_exceeded",
         }
     }
 
     /// The `error.type` field, following OpenAI's vocabulary.
     pub fn error_type(&self) -> &'static str {
+        match self {
+            GatewayError::Unauthenticated(crate::auth::AuthError::Unavailable) => {
+                return "server_error";
+            }
+            GatewayError::Unauthenticated(_) => return "authentication_error",
+            GatewayError::Forbidden(_) => return "permission_error",
+            GatewayError::RateLimited { .. } => return "rate_limit_error",
+            _ => {}
+        }
         match self.source() {
             ErrorSource::Client => "invalid_request_error",
             ErrorSource::Upstream => "upstream_error",
@@ -142,7 +176,13 @@ impl GatewayError {
             | GatewayError::UnsupportedMediaType(_)
             | GatewayError::MethodNotAllowed { .. }
             | GatewayError::UnknownUrl { .. }
-            | GatewayError::ModelNotFound(_) => ErrorSource::Client,
+            | GatewayError::ModelNotFound(_)
+            | GatewayError::Forbidden(_)
+            | GatewayError::RateLimited { .. } => ErrorSource::Client,
+            GatewayError::Unauthenticated(crate::auth::AuthError::Unavailable) => {
+                ErrorSource::Internal
+            }
+            GatewayError::Unauthenticated(_) => ErrorSource::Client,
             GatewayError::UpstreamFailed(_) | GatewayError::UpstreamTimeout(_) => {
                 ErrorSource::Upstream
             }
@@ -153,7 +193,8 @@ impl GatewayError {
     fn param(&self) -> Option<&str> {
         match self {
             GatewayError::InvalidRequest { param, .. } => param.as_deref(),
-            GatewayError::ModelNotFound(_) => Some("model"),
+            GatewayError::ModelNotFound(_)
+            | GatewayError::Forbidden(Denied::ModelNotAllowed { .. }) => Some("model"),
             _ => None,
         }
     }
@@ -194,8 +235,20 @@ impl IntoResponse for GatewayError {
             GatewayError::MethodNotAllowed { allow, .. } => {
                 headers.insert(ALLOW, HeaderValue::from_static(allow));
             }
-            GatewayError::ShuttingDown => {
+            GatewayError::ShuttingDown
+            | GatewayError::Unauthenticated(crate::auth::AuthError::Unavailable) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            GatewayError::Unauthenticated(_) => {
+                headers.insert(
+                    http::header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"custos\""),
+                );
+            }
+            GatewayError::RateLimited {
+                retry_after_secs, ..
+            } => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             _ => {}
         }

@@ -2,7 +2,7 @@
 //! passes the request on or ends it with a [`GatewayError`].
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,8 +22,12 @@ use http::{HeaderName, HeaderValue, Method, StatusCode, request::Parts};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::Gateway;
+use crate::auth::{Auth, Principal};
 use crate::error::GatewayError;
-use crate::outcome::{Attempt, RequestGuard, new_outcome};
+use crate::outcome::{Actor, Attempt, RequestGuard, new_outcome};
+use custos_auth::AccessRequest;
+use custos_auth::limit::{RateDecision, format_reset};
+use custos_types::Capability;
 
 /// The request ID header, on every request and response.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -31,6 +35,8 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_MODEL_SERVED: HeaderName = HeaderName::from_static("x-custos-model-served");
 /// The provider that served the request.
 pub const X_PROVIDER: HeaderName = HeaderName::from_static("x-custos-provider");
+/// When the caller's key is due for rotation (within the warning window).
+pub const X_ROTATION_DUE: HeaderName = HeaderName::from_static("x-custos-key-rotation-due");
 
 /// How long a client may take to send its body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -63,29 +69,160 @@ pub(crate) async fn handle(State(gw): State<Arc<Gateway>>, req: Request) -> Resp
     gw.metrics.start();
     let mut guard = RequestGuard::new(outcome, started, gw.sink.clone());
 
-    let mut response = match route(&parts.method, parts.uri.path()) {
-        Ok(Route::Inference(endpoint)) => {
-            guard.get_mut().endpoint = endpoint.as_str();
-            inference(&gw, endpoint, &parts, body, guard).await
-        }
-        Ok(Route::ListModels) => {
-            guard.get_mut().endpoint = "models";
-            done(guard, list_models(&gw))
-        }
-        Ok(Route::GetModel(id)) => {
-            guard.get_mut().endpoint = "models";
-            guard.get_mut().model_requested = Some(id.clone());
-            match get_model(&gw, &id) {
-                Ok(resp) => done(guard, resp),
-                Err(e) => fail(guard, e),
-            }
-        }
-        Err(e) => fail(guard, e),
+    let mut access = Access {
+        auth: gw.auth.as_deref(),
+        principal: None,
+        client_ip,
+        rate: None,
     };
+    let mut response = match route(&parts.method, parts.uri.path()) {
+        Err(e) => fail(guard, e),
+        Ok(route) => match authenticate(gw.auth.as_deref(), &parts).await {
+            Err(e) => fail(guard, e),
+            Ok(principal) => {
+                if let Some(p) = &principal {
+                    guard.get_mut().actor = Some(Actor {
+                        key_id: p.key.id,
+                        key_name: p.key.name.clone(),
+                        owner: p.key.owner.clone(),
+                        team: p.key.team.clone(),
+                    });
+                }
+                access.principal = principal;
+                dispatch(&gw, route, &parts, body, guard, &mut access).await
+            }
+        },
+    };
+    if let Some(decision) = &access.rate {
+        rate_limit_headers(response.headers_mut(), decision);
+    }
+    if let Some(due) = access.principal.as_ref().and_then(|p| p.rotation_due)
+        && let Ok(v) = HeaderValue::from_str(&humantime::format_rfc3339_seconds(due).to_string())
+    {
+        response.headers_mut().insert(X_ROTATION_DUE, v);
+    }
     if let Ok(value) = HeaderValue::from_str(request_id.as_str()) {
         response.headers_mut().insert(X_REQUEST_ID, value);
     }
     response
+}
+
+async fn authenticate(
+    auth: Option<&Auth>,
+    parts: &Parts,
+) -> Result<Option<Principal>, GatewayError> {
+    match auth {
+        None => Ok(None),
+        Some(auth) => auth
+            .authenticate(&parts.headers)
+            .await
+            .map(Some)
+            .map_err(GatewayError::Unauthenticated),
+    }
+}
+
+async fn dispatch(
+    gw: &Gateway,
+    route: Route,
+    parts: &Parts,
+    body: Body,
+    mut guard: RequestGuard,
+    access: &mut Access<'_>,
+) -> Response {
+    match route {
+        Route::Inference(endpoint) => {
+            guard.get_mut().endpoint = endpoint.as_str();
+            inference(gw, endpoint, parts, body, guard, access).await
+        }
+        Route::ListModels => {
+            guard.get_mut().endpoint = "models";
+            match access.authorize(None, Capability::Models, false) {
+                Ok(()) => done(guard, list_models(gw, access)),
+                Err(e) => fail(guard, e),
+            }
+        }
+        Route::GetModel(id) => {
+            guard.get_mut().endpoint = "models";
+            guard.get_mut().model_requested = Some(id.clone());
+            let result = access
+                .authorize(Some(&id), Capability::Models, false)
+                .and_then(|()| get_model(gw, &id));
+            match result {
+                Ok(resp) => done(guard, resp),
+                Err(e) => fail(guard, e),
+            }
+        }
+    }
+}
+
+/// The authorization stage: scope, then rate limit.
+struct Access<'a> {
+    auth: Option<&'a Auth>,
+    principal: Option<Principal>,
+    client_ip: Option<IpAddr>,
+    rate: Option<RateDecision>,
+}
+
+impl Access<'_> {
+    fn authorize(
+        &mut self,
+        model: Option<&str>,
+        capability: Capability,
+        stream: bool,
+    ) -> Result<(), GatewayError> {
+        let (Some(auth), Some(principal)) = (self.auth, &self.principal) else {
+            return Ok(());
+        };
+        let scope = &principal.key.scope;
+        scope
+            .check(&AccessRequest {
+                model,
+                capability,
+                stream,
+                client_ip: self.client_ip,
+            })
+            .map_err(GatewayError::Forbidden)?;
+        let decision = auth.check_rate(&principal.key.id, scope.limits());
+        self.rate = Some(decision);
+        match decision.refusal {
+            Some(refusal) => Err(GatewayError::RateLimited {
+                dimension: refusal.dimension,
+                retry_after_secs: refusal.retry_after_secs(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the caller may see `model` in listings.
+    fn may_use(&self, model: &str) -> bool {
+        self.principal
+            .as_ref()
+            .is_none_or(|p| p.key.scope.models.allows(model))
+    }
+}
+
+fn rate_limit_headers(headers: &mut http::HeaderMap, decision: &RateDecision) {
+    const NAMES: [[HeaderName; 3]; 2] = [
+        [
+            HeaderName::from_static("x-ratelimit-limit-requests"),
+            HeaderName::from_static("x-ratelimit-remaining-requests"),
+            HeaderName::from_static("x-ratelimit-reset-requests"),
+        ],
+        [
+            HeaderName::from_static("x-ratelimit-limit-tokens"),
+            HeaderName::from_static("x-ratelimit-remaining-tokens"),
+            HeaderName::from_static("x-ratelimit-reset-tokens"),
+        ],
+    ];
+    for (names, status) in NAMES.iter().zip([decision.requests, decision.tokens]) {
+        if let Some(status) = status {
+            headers.insert(names[0].clone(), HeaderValue::from(status.limit));
+            headers.insert(names[1].clone(), HeaderValue::from(status.remaining));
+            if let Ok(v) = HeaderValue::from_str(&format_reset(status.reset)) {
+                headers.insert(names[2].clone(), v);
+            }
+        }
+    }
 }
 
 fn route(method: &Method, path: &str) -> Result<Route, GatewayError> {
@@ -148,8 +285,13 @@ fn model_object(gw: &Gateway, id: &str) -> serde_json::Value {
     serde_json::json!({"id": id, "object": "model", "created": gw.created, "owned_by": "custos"})
 }
 
-fn list_models(gw: &Gateway) -> Response {
-    let data: Vec<serde_json::Value> = gw.routes.names().map(|m| model_object(gw, m)).collect();
+fn list_models(gw: &Gateway, access: &Access<'_>) -> Response {
+    let data: Vec<serde_json::Value> = gw
+        .routes
+        .names()
+        .filter(|m| access.may_use(m))
+        .map(|m| model_object(gw, m))
+        .collect();
     let body = serde_json::json!({"object": "list", "data": data});
     json_response(StatusCode::OK, Bytes::from(body.to_string()))
 }
@@ -193,8 +335,9 @@ async fn inference(
     parts: &Parts,
     body: Body,
     mut guard: RequestGuard,
+    access: &mut Access<'_>,
 ) -> Response {
-    match inference_inner(gw, endpoint, parts, body, &mut guard).await {
+    match inference_inner(gw, endpoint, parts, body, &mut guard, access).await {
         Ok(Reply::Full(resp)) => done(guard, resp),
         Ok(Reply::Stream(reply)) => {
             let StreamReply {
@@ -227,6 +370,7 @@ async fn inference_inner(
     parts: &Parts,
     body: Body,
     guard: &mut RequestGuard,
+    access: &mut Access<'_>,
 ) -> Result<Reply, GatewayError> {
     check_content_type(parts)?;
     let bytes = read_body(body, parts, gw.max_body_size).await?;
@@ -236,14 +380,14 @@ async fn inference_inner(
         o.model_requested = Some(fields.model.clone());
         o.stream = fields.stream;
     }
+    // Authorization: the key's scope, then its rate limit, before any
+    // upstream is contacted.
+    access.authorize(Some(&fields.model), capability(endpoint), fields.stream)?;
     let route = gw
         .routes
         .get(&fields.model)
         .ok_or_else(|| GatewayError::ModelNotFound(fields.model.clone()))?
         .clone();
-
-    // Authentication and authorization slot in here, as one stage, before
-    // any upstream is contacted.
 
     let request_id = guard.get_mut().request_id.clone();
     let plan = route.plan(&mut rand::thread_rng());
@@ -355,6 +499,14 @@ async fn inference_inner(
             "`{}` has no usable target",
             route.model
         ))),
+    }
+}
+
+fn capability(endpoint: Endpoint) -> Capability {
+    match endpoint {
+        Endpoint::ChatCompletions => Capability::Chat,
+        Endpoint::Completions => Capability::Completions,
+        Endpoint::Embeddings => Capability::Embeddings,
     }
 }
 

@@ -10,6 +10,7 @@
 //! **Architecture invariant:** this crate builds only the gateway router; the
 //! admin router lives in `custos-admin` and the two are never merged.
 
+pub mod auth;
 pub mod error;
 mod handler;
 pub mod metrics;
@@ -25,9 +26,10 @@ use custos_config::Config;
 use custos_providers::Provider;
 use prometheus_client::registry::Registry;
 
+pub use auth::{Auth, KeyEntry, KeySnapshot, KeySource, Principal, RotationPolicy, SecretEntry};
 pub use error::GatewayError;
 pub use metrics::Metrics;
-pub use outcome::{Attempt, LogSink, OutcomeSink, RequestOutcome};
+pub use outcome::{Actor, Attempt, LogSink, OutcomeSink, RequestOutcome};
 pub use routing::RouteTable;
 
 /// The shared state of the gateway listener.
@@ -36,6 +38,7 @@ pub struct Gateway {
     max_body_size: usize,
     sink: Arc<dyn OutcomeSink>,
     metrics: Arc<Metrics>,
+    auth: Option<Arc<Auth>>,
     created: u64,
 }
 
@@ -51,11 +54,16 @@ impl std::fmt::Debug for Gateway {
 impl Gateway {
     /// Builds the gateway from a validated config and its built providers.
     /// Metrics are registered in `registry`; every finished request goes to
-    /// the metrics and then to each of `sinks`.
+    /// the metrics, the authenticator and then each of `sinks`.
+    ///
+    /// `auth` is the authentication stage. The binary always provides one:
+    /// every `/v1` request needs a valid key. `None` serves without
+    /// authentication and exists for tests of the rest of the pipeline.
     pub fn new(
         config: &Config,
         providers: &HashMap<String, Arc<Provider>>,
         registry: &mut Registry,
+        auth: Option<Arc<Auth>>,
         sinks: Vec<Arc<dyn OutcomeSink>>,
     ) -> Arc<Self> {
         let routes = RouteTable::new(config, providers);
@@ -65,12 +73,16 @@ impl Gateway {
             providers.keys().map(String::as_str),
         );
         let mut all: Vec<Arc<dyn OutcomeSink>> = vec![metrics.clone()];
+        if let Some(auth) = &auth {
+            all.push(auth.clone());
+        }
         all.extend(sinks);
         Arc::new(Gateway {
             routes,
             max_body_size: config.server.max_body_size,
             sink: Arc::new(outcome::Sinks(all)),
             metrics,
+            auth,
             created: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),

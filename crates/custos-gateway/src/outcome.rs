@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use custos_auth::KeyId;
 use custos_types::{RequestId, Usage};
 
 /// Status recorded for a client that went away before the answer was done
@@ -32,6 +33,19 @@ pub struct Attempt {
     pub duration: Duration,
 }
 
+/// The key a request was made with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    /// The public key ID.
+    pub key_id: KeyId,
+    /// The key's name.
+    pub key_name: String,
+    /// The owning service or person.
+    pub owner: Option<String>,
+    /// The owning team.
+    pub team: Option<String>,
+}
+
 /// Everything Custos knows about one request once it is over. Metrics,
 /// logs and the audit ledger are all fed from this one structure.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +64,9 @@ pub struct RequestOutcome {
     pub client_ip: Option<IpAddr>,
     /// The client's `User-Agent` (bounded).
     pub user_agent: Option<String>,
+    /// The authenticated key; `None` when the request was refused before
+    /// authentication succeeded.
+    pub actor: Option<Actor>,
     /// The model the client asked for.
     pub model_requested: Option<String>,
     /// The upstream model that answered.
@@ -199,6 +216,7 @@ fn unreachable_outcome() -> RequestOutcome {
         path: String::new(),
         client_ip: None,
         user_agent: None,
+        actor: None,
         model_requested: None,
         model_served: None,
         provider: None,

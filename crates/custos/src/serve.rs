@@ -141,7 +141,13 @@ async fn serve(
     providers: HashMap<String, Arc<Provider>>,
 ) -> anyhow::Result<()> {
     let mut registry = Registry::default();
-    let gateway = Gateway::new(&config, &providers, &mut registry, vec![Arc::new(LogSink)]);
+    let gateway = Gateway::new(
+        &config,
+        &providers,
+        &mut registry,
+        None,
+        vec![Arc::new(LogSink)],
+    );
     let admin = AdminState::new(registry, data_dir.clone());
 
     let gateway_listener = bind(config.server.listen, "server.listen").await?;

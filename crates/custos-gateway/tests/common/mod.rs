@@ -76,6 +76,14 @@ pub struct TestGateway {
 impl TestGateway {
     /// Serves a gateway built from `toml`.
     pub async fn start(toml: &str) -> TestGateway {
+        Self::start_with_auth(toml, None).await
+    }
+
+    /// Serves a gateway built from `toml` with an authentication stage.
+    pub async fn start_with_auth(
+        toml: &str,
+        auth: Option<Arc<custos_gateway::Auth>>,
+    ) -> TestGateway {
         let config = custos_config::load("test.toml", toml, &|_| None).unwrap();
         let providers: HashMap<String, Arc<Provider>> = config
             .providers
@@ -84,7 +92,13 @@ impl TestGateway {
             .collect();
         let outcomes = Arc::new(Collect::default());
         let mut registry = Registry::default();
-        let gateway = Gateway::new(&config, &providers, &mut registry, vec![outcomes.clone()]);
+        let gateway = Gateway::new(
+            &config,
+            &providers,
+            &mut registry,
+            auth,
+            vec![outcomes.clone()],
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app =
