@@ -86,6 +86,9 @@ pub enum GatewayError {
     /// The key may not do this (403).
     #[error("{0}")]
     Forbidden(Denied),
+    /// The audit ledger cannot record the request, so it is not served.
+    #[error("{0}; the request was not served")]
+    AuditUnavailable(crate::audit::AuditUnavailable),
     /// The key's per-minute limit is spent (429).
     #[error("rate limit reached for {} per minute; retry after {retry_after_secs}s", .dimension.as_str())]
     RateLimited {
@@ -119,7 +122,9 @@ impl GatewayError {
             }
             GatewayError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            GatewayError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::ShuttingDown | GatewayError::AuditUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             GatewayError::Unauthenticated(crate::auth::AuthError::Unavailable) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -143,6 +148,7 @@ impl GatewayError {
             GatewayError::UpstreamFailed(_) => "upstream_error",
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::ShuttingDown => "shutting_down",
+            GatewayError::AuditUnavailable(_) => "audit_unavailable",
             GatewayError::Unauthenticated(e) => e.code(),
             GatewayError::Forbidden(d) => d.code(),
             GatewayError::RateLimited { .. } => "rate_limit_exceeded",
@@ -186,7 +192,7 @@ impl GatewayError {
             GatewayError::UpstreamFailed(_) | GatewayError::UpstreamTimeout(_) => {
                 ErrorSource::Upstream
             }
-            GatewayError::ShuttingDown => ErrorSource::Internal,
+            GatewayError::ShuttingDown | GatewayError::AuditUnavailable(_) => ErrorSource::Internal,
         }
     }
 
@@ -236,6 +242,7 @@ impl IntoResponse for GatewayError {
                 headers.insert(ALLOW, HeaderValue::from_static(allow));
             }
             GatewayError::ShuttingDown
+            | GatewayError::AuditUnavailable(_)
             | GatewayError::Unauthenticated(crate::auth::AuthError::Unavailable) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }

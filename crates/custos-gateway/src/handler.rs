@@ -22,9 +22,10 @@ use http::{HeaderName, HeaderValue, Method, StatusCode, request::Parts};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::Gateway;
+use crate::audit::AuditUnavailable;
 use crate::auth::{Auth, Principal};
 use crate::error::GatewayError;
-use crate::outcome::{Actor, Attempt, RequestGuard, new_outcome};
+use crate::outcome::{Actor, Attempt, Durable, RequestGuard, new_outcome};
 use custos_auth::AccessRequest;
 use custos_auth::limit::{RateDecision, format_reset};
 use custos_types::Capability;
@@ -67,7 +68,7 @@ pub(crate) async fn handle(State(gw): State<Arc<Gateway>>, req: Request) -> Resp
         user_agent,
     );
     gw.metrics.start();
-    let mut guard = RequestGuard::new(outcome, started, gw.sink.clone());
+    let mut guard = RequestGuard::new(outcome, started, gw.sink.clone(), gw.audit.clone());
 
     let mut access = Access {
         auth: gw.auth.as_deref(),
@@ -76,9 +77,13 @@ pub(crate) async fn handle(State(gw): State<Arc<Gateway>>, req: Request) -> Resp
         rate: None,
     };
     let mut response = match route(&parts.method, parts.uri.path()) {
-        Err(e) => fail(guard, e),
+        Err(e) => fail(guard, e).await,
+        Ok(_) if let Some(Err(e)) = gw.audit.as_ref().map(|a| a.ready()) => {
+            // Fail closed: nothing is served that cannot be recorded.
+            fail(guard, GatewayError::AuditUnavailable(e)).await
+        }
         Ok(route) => match authenticate(gw.auth.as_deref(), &parts).await {
-            Err(e) => fail(guard, e),
+            Err(e) => fail(guard, e).await,
             Ok(principal) => {
                 if let Some(p) = &principal {
                     guard.get_mut().actor = Some(Actor {
@@ -137,8 +142,8 @@ async fn dispatch(
         Route::ListModels => {
             guard.get_mut().endpoint = "models";
             match access.authorize(None, Capability::Models, false) {
-                Ok(()) => done(guard, list_models(gw, access)),
-                Err(e) => fail(guard, e),
+                Ok(()) => done(guard, list_models(gw, access)).await,
+                Err(e) => fail(guard, e).await,
             }
         }
         Route::GetModel(id) => {
@@ -148,8 +153,8 @@ async fn dispatch(
                 .authorize(Some(&id), Capability::Models, false)
                 .and_then(|()| get_model(gw, &id));
             match result {
-                Ok(resp) => done(guard, resp),
-                Err(e) => fail(guard, e),
+                Ok(resp) => done(guard, resp).await,
+                Err(e) => fail(guard, e).await,
             }
         }
     }
@@ -257,21 +262,33 @@ fn route(method: &Method, path: &str) -> Result<Route, GatewayError> {
     }
 }
 
-/// Ends a request with a response built by the gateway itself.
-fn done(mut guard: RequestGuard, response: Response) -> Response {
+/// Ends a request with a response, once its audit record is durable. If the
+/// record cannot be written the response is withheld: 503 instead.
+async fn done(mut guard: RequestGuard, response: Response) -> Response {
     guard.mark_first_byte();
-    guard.finish(response.status().as_u16());
-    response
+    match await_durable(guard.finish(response.status().as_u16())).await {
+        Ok(()) => response,
+        Err(e) => GatewayError::AuditUnavailable(e).into_response(),
+    }
 }
 
 /// Ends a request with an error.
-fn fail(mut guard: RequestGuard, e: GatewayError) -> Response {
+async fn fail(mut guard: RequestGuard, e: GatewayError) -> Response {
     guard.get_mut().error_code = Some(e.code().to_owned());
     guard.mark_first_byte();
     let status = e.status().as_u16();
     tracing::debug!(code = e.code(), status, "request failed: {e}");
-    guard.finish(status);
-    e.into_response()
+    match await_durable(guard.finish(status)).await {
+        Ok(()) => e.into_response(),
+        Err(audit) => GatewayError::AuditUnavailable(audit).into_response(),
+    }
+}
+
+async fn await_durable(durable: Durable) -> Result<(), AuditUnavailable> {
+    match durable {
+        Some(f) => f.await,
+        None => Ok(()),
+    }
 }
 
 fn json_response(status: StatusCode, body: Bytes) -> Response {
@@ -338,7 +355,7 @@ async fn inference(
     access: &mut Access<'_>,
 ) -> Response {
     match inference_inner(gw, endpoint, parts, body, &mut guard, access).await {
-        Ok(Reply::Full(resp)) => done(guard, resp),
+        Ok(Reply::Full(resp)) => done(guard, resp).await,
         Ok(Reply::Stream(reply)) => {
             let StreamReply {
                 head,
@@ -360,7 +377,7 @@ async fn inference(
             let (parts, _) = head.into_parts();
             Response::from_parts(parts, Body::from_stream(relay_stream(state)))
         }
-        Err(e) => fail(guard, e),
+        Err(e) => fail(guard, e).await,
     }
 }
 
@@ -710,7 +727,9 @@ struct StreamState {
 }
 
 impl StreamState {
-    async fn finish(&mut self, error_code: Option<&str>) {
+    /// Records the stream's outcome and waits until it is durable; `false`
+    /// when the audit record could not be written.
+    async fn finish(&mut self, error_code: Option<&str>) -> bool {
         let usage = match (self.relay.usage(), self.estimate.take()) {
             (Some(u), _) => Some(u),
             (None, Some(est)) => {
@@ -726,10 +745,21 @@ impl StreamState {
                 o.error_code = Some(code.to_owned());
             }
             // The status line went out with the first byte.
-            guard.finish(200);
+            let durable = guard.finish(200);
+            self.done = true;
+            return await_durable(durable).await.is_ok();
         }
         self.done = true;
+        true
     }
+}
+
+/// The event that replaces a stream's ending when its record is lost.
+fn audit_failed_event() -> Bytes {
+    error_event(
+        "the audit ledger could not record this request",
+        "audit_unavailable",
+    )
 }
 
 /// The relayed body: every complete upstream event is forwarded as soon as
@@ -746,6 +776,18 @@ fn relay_stream(state: StreamState) -> impl futures_util::Stream<Item = Result<B
             };
             match next {
                 Some(Ok(chunk)) => match st.relay.push(&chunk) {
+                    Ok(out) if st.relay.saw_done() => {
+                        // The answer is complete: record it, then send the
+                        // rest with `[DONE]`. The upstream connection is
+                        // released without waiting for it to close.
+                        let mut all = BytesMut::from(&out[..]);
+                        all.extend_from_slice(&st.relay.finish());
+                        let code = st.relay.saw_error().then_some("upstream_stream_error");
+                        if !st.finish(code).await {
+                            return Some((Ok(audit_failed_event()), st));
+                        }
+                        return Some((Ok(all.freeze()), st));
+                    }
                     Ok(out) if out.is_empty() => continue,
                     Ok(out) => {
                         if let Some(g) = st.guard.as_mut() {
@@ -754,8 +796,10 @@ fn relay_stream(state: StreamState) -> impl futures_util::Stream<Item = Result<B
                         return Some((Ok(out), st));
                     }
                     Err(e) => {
-                        let event = error_event(&e.to_string(), "upstream_stream_invalid");
-                        st.finish(Some("upstream_stream_invalid")).await;
+                        let mut event = error_event(&e.to_string(), "upstream_stream_invalid");
+                        if !st.finish(Some("upstream_stream_invalid")).await {
+                            event = audit_failed_event();
+                        }
                         return Some((Ok(event), st));
                     }
                 },
@@ -765,8 +809,10 @@ fn relay_stream(state: StreamState) -> impl futures_util::Stream<Item = Result<B
                         _ => "upstream_stream_interrupted",
                     };
                     tracing::warn!(error = %e, "upstream stream failed midway");
-                    let event = error_event(&format!("the upstream stream failed: {e}"), code);
-                    st.finish(Some(code)).await;
+                    let mut event = error_event(&format!("the upstream stream failed: {e}"), code);
+                    if !st.finish(Some(code)).await {
+                        event = audit_failed_event();
+                    }
                     return Some((Ok(event), st));
                 }
                 None => {
@@ -781,7 +827,11 @@ fn relay_stream(state: StreamState) -> impl futures_util::Stream<Item = Result<B
                             "upstream_stream_truncated",
                         ));
                     }
-                    st.finish(code).await;
+                    // In sync durability the last event (normally
+                    // `[DONE]`) waits until the record is on disk.
+                    if !st.finish(code).await {
+                        return Some((Ok(audit_failed_event()), st));
+                    }
                     if out.is_empty() {
                         return None;
                     }

@@ -10,6 +10,7 @@
 //! **Architecture invariant:** this crate builds only the gateway router; the
 //! admin router lives in `custos-admin` and the two are never merged.
 
+pub mod audit;
 pub mod auth;
 pub mod error;
 mod handler;
@@ -26,6 +27,7 @@ use custos_config::Config;
 use custos_providers::Provider;
 use prometheus_client::registry::Registry;
 
+pub use audit::{AuditSink, AuditUnavailable};
 pub use auth::{Auth, KeyEntry, KeySnapshot, KeySource, Principal, RotationPolicy, SecretEntry};
 pub use error::GatewayError;
 pub use metrics::Metrics;
@@ -39,7 +41,22 @@ pub struct Gateway {
     sink: Arc<dyn OutcomeSink>,
     metrics: Arc<Metrics>,
     auth: Option<Arc<Auth>>,
+    audit: Option<Arc<dyn AuditSink>>,
     created: u64,
+}
+
+/// The stages and sinks a [`Gateway`] is built with.
+#[derive(Default)]
+pub struct Hooks {
+    /// The authentication stage. The binary always provides one: every
+    /// `/v1` request needs a valid key. `None` serves without
+    /// authentication and exists for tests of the rest of the pipeline.
+    pub auth: Option<Arc<Auth>>,
+    /// Where inference records go; with one, the gateway fails closed when
+    /// it cannot record.
+    pub audit: Option<Arc<dyn AuditSink>>,
+    /// Further sinks for finished requests (logs, tests).
+    pub sinks: Vec<Arc<dyn OutcomeSink>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -54,18 +71,15 @@ impl std::fmt::Debug for Gateway {
 impl Gateway {
     /// Builds the gateway from a validated config and its built providers.
     /// Metrics are registered in `registry`; every finished request goes to
-    /// the metrics, the authenticator and then each of `sinks`.
-    ///
-    /// `auth` is the authentication stage. The binary always provides one:
-    /// every `/v1` request needs a valid key. `None` serves without
-    /// authentication and exists for tests of the rest of the pipeline.
+    /// the metrics, the authenticator, each of `hooks.sinks`, and the audit
+    /// sink.
     pub fn new(
         config: &Config,
         providers: &HashMap<String, Arc<Provider>>,
         registry: &mut Registry,
-        auth: Option<Arc<Auth>>,
-        sinks: Vec<Arc<dyn OutcomeSink>>,
+        hooks: Hooks,
     ) -> Arc<Self> {
+        let Hooks { auth, audit, sinks } = hooks;
         let routes = RouteTable::new(config, providers);
         let metrics = Metrics::new(
             registry,
@@ -83,6 +97,7 @@ impl Gateway {
             sink: Arc::new(outcome::Sinks(all)),
             metrics,
             auth,
+            audit,
             created: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),

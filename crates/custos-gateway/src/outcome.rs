@@ -12,6 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use custos_auth::KeyId;
+
+use crate::audit::{AuditSink, AuditUnavailable};
+use crate::auth::BoxFuture;
 use custos_types::{RequestId, Usage};
 
 /// Status recorded for a client that went away before the answer was done
@@ -139,20 +142,31 @@ impl OutcomeSink for Sinks {
     }
 }
 
+/// Resolves once the request's audit record is durable; `None` when no
+/// audit sink is configured.
+pub type Durable = Option<BoxFuture<'static, Result<(), AuditUnavailable>>>;
+
 /// Guarantees one outcome per request.
 pub struct RequestGuard {
     outcome: Option<RequestOutcome>,
     started: Instant,
     sink: Arc<dyn OutcomeSink>,
+    audit: Option<Arc<dyn AuditSink>>,
 }
 
 impl RequestGuard {
     /// Starts the record of a request.
-    pub fn new(outcome: RequestOutcome, started: Instant, sink: Arc<dyn OutcomeSink>) -> Self {
+    pub fn new(
+        outcome: RequestOutcome,
+        started: Instant,
+        sink: Arc<dyn OutcomeSink>,
+        audit: Option<Arc<dyn AuditSink>>,
+    ) -> Self {
         RequestGuard {
             outcome: Some(outcome),
             started,
             sink,
+            audit,
         }
     }
 
@@ -182,28 +196,32 @@ impl RequestGuard {
         }
     }
 
-    /// Ends the request with this status and emits its record.
-    pub fn finish(mut self, status: u16) {
-        self.emit(status, None);
+    /// Ends the request with this status and emits its record. The caller
+    /// awaits the returned future before the response completes.
+    #[must_use = "the response must wait until its audit record is durable"]
+    pub fn finish(mut self, status: u16) -> Durable {
+        self.emit(status, None)
     }
 
-    fn emit(&mut self, status: u16, error_code: Option<&str>) {
-        if let Some(mut o) = self.outcome.take() {
-            o.status = status;
-            if let Some(code) = error_code {
-                o.error_code = Some(code.to_owned());
-            }
-            o.latency = self.started.elapsed();
-            self.sink.record(o);
+    fn emit(&mut self, status: u16, error_code: Option<&str>) -> Durable {
+        let mut o = self.outcome.take()?;
+        o.status = status;
+        if let Some(code) = error_code {
+            o.error_code = Some(code.to_owned());
         }
+        o.latency = self.started.elapsed();
+        let durable = self.audit.as_ref().map(|a| a.submit(&o));
+        self.sink.record(o);
+        durable
     }
 }
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         // Reached only when the request ended without `finish`: the client
-        // went away and its handler or stream was dropped.
-        self.emit(STATUS_CLIENT_CLOSED, Some("client_disconnected"));
+        // went away and its handler or stream was dropped. The record is
+        // enqueued; nobody is left to wait for its durability.
+        drop(self.emit(STATUS_CLIENT_CLOSED, Some("client_disconnected")));
     }
 }
 
@@ -264,13 +282,13 @@ mod tests {
 
     fn guard(sink: &Arc<Collect>) -> RequestGuard {
         let o = new_outcome(RequestId::generate(), "POST", "/v1/x", None, Some("ua"));
-        RequestGuard::new(o, Instant::now(), sink.clone())
+        RequestGuard::new(o, Instant::now(), sink.clone(), None)
     }
 
     #[test]
     fn finish_emits_once() {
         let sink = Arc::new(Collect::default());
-        guard(&sink).finish(200);
+        assert!(guard(&sink).finish(200).is_none());
         let got = sink.0.lock().unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].status, 200);

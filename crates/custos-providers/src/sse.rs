@@ -36,6 +36,7 @@ pub struct SseRelay {
     upstream_error: bool,
     events: u64,
     text: String,
+    held: BytesMut,
 }
 
 impl SseRelay {
@@ -50,6 +51,7 @@ impl SseRelay {
             upstream_error: false,
             events: 0,
             text: String::new(),
+            held: BytesMut::new(),
         }
     }
 
@@ -60,9 +62,14 @@ impl SseRelay {
         let mut out = BytesMut::new();
         let mut start = 0;
         while let Some((end, next)) = find_boundary(&pending[start..]) {
+            let was_done = self.done;
             if self.inspect(&pending[start..start + end]) {
                 let event = &pending[start..start + next];
-                if self.strip_usage {
+                if self.done && !was_done {
+                    // `[DONE]` is held back: it is the stream's final event
+                    // and goes out only once the request is recorded.
+                    self.held.put_slice(event);
+                } else if self.strip_usage {
                     put_without_null_usage(&mut out, event);
                 } else {
                     out.put_slice(event);
@@ -78,18 +85,21 @@ impl SseRelay {
         Ok(out.freeze())
     }
 
-    /// The upstream ended: returns any trailing partial event, which is
-    /// forwarded as it is rather than dropped.
+    /// The stream is over: returns any trailing partial event (forwarded as
+    /// it is rather than dropped), then the held-back `[DONE]` event.
     pub fn finish(&mut self) -> Bytes {
         let rest = self.pending.split().freeze();
         if !rest.iter().all(u8::is_ascii_whitespace) {
             let trimmed = rest.clone();
             self.inspect(trim_end(&trimmed));
         }
-        rest
+        let mut out = BytesMut::from(&rest[..]);
+        out.put_slice(&self.held.split());
+        out.freeze()
     }
 
-    /// Whether `data: [DONE]` was seen.
+    /// Whether `data: [DONE]` was seen. The event itself is held back
+    /// until [`SseRelay::finish`].
     pub fn saw_done(&self) -> bool {
         self.done
     }
@@ -219,7 +229,8 @@ mod tests {
     #[test]
     fn forwards_whole_events_and_strips_usage() {
         let mut relay = SseRelay::new(true);
-        let out = relay.push(all().as_bytes()).unwrap();
+        let mut out = relay.push(all().as_bytes()).unwrap().to_vec();
+        out.extend_from_slice(&relay.finish());
         let stripped = CONTENT.replace(",\"usage\":null", "");
         assert_eq!(
             std::str::from_utf8(&out).unwrap(),
@@ -245,7 +256,9 @@ mod tests {
     #[test]
     fn keeps_usage_when_client_asked() {
         let mut relay = SseRelay::new(false);
-        let out = relay.push(all().as_bytes()).unwrap();
+        let mut out = relay.push(all().as_bytes()).unwrap().to_vec();
+        assert!(!out.ends_with(DONE.as_bytes()), "[DONE] is held back");
+        out.extend_from_slice(&relay.finish());
         assert_eq!(std::str::from_utf8(&out).unwrap(), all());
     }
 
@@ -253,14 +266,15 @@ mod tests {
     fn byte_by_byte_gives_the_same_result() {
         for strip in [false, true] {
             let mut whole = SseRelay::new(strip);
-            let expected = whole.push(all().as_bytes()).unwrap();
+            let mut expected = whole.push(all().as_bytes()).unwrap().to_vec();
+            expected.extend_from_slice(&whole.finish());
             let mut relay = SseRelay::new(strip);
             let mut got = Vec::new();
             for b in all().as_bytes() {
                 got.extend_from_slice(&relay.push(&[*b]).unwrap());
             }
             got.extend_from_slice(&relay.finish());
-            assert_eq!(got, expected.to_vec());
+            assert_eq!(got, expected);
             assert!(relay.saw_done());
         }
     }
@@ -269,8 +283,8 @@ mod tests {
     fn crlf_framing_is_understood() {
         let mut relay = SseRelay::new(true);
         let text = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"total_tokens\":1}}\r\n\r\ndata: [DONE]\r\n\r\n";
-        let out = relay.push(text.as_bytes()).unwrap();
-        assert_eq!(&out[..], b"data: [DONE]\r\n\r\n");
+        assert!(relay.push(text.as_bytes()).unwrap().is_empty());
+        assert_eq!(&relay.finish()[..], b"data: [DONE]\r\n\r\n");
         assert_eq!(relay.usage().unwrap().prompt_tokens, 1);
     }
 

@@ -145,8 +145,10 @@ async fn serve(
         &config,
         &providers,
         &mut registry,
-        None,
-        vec![Arc::new(LogSink)],
+        custos_gateway::Hooks {
+            sinks: vec![Arc::new(LogSink)],
+            ..Default::default()
+        },
     );
     let admin = AdminState::new(registry, data_dir.clone());
 

@@ -84,6 +84,15 @@ impl TestGateway {
         toml: &str,
         auth: Option<Arc<custos_gateway::Auth>>,
     ) -> TestGateway {
+        Self::start_with(toml, auth, None).await
+    }
+
+    /// Serves a gateway built from `toml` with the given stages.
+    pub async fn start_with(
+        toml: &str,
+        auth: Option<Arc<custos_gateway::Auth>>,
+        audit: Option<Arc<dyn custos_gateway::AuditSink>>,
+    ) -> TestGateway {
         let config = custos_config::load("test.toml", toml, &|_| None).unwrap();
         let providers: HashMap<String, Arc<Provider>> = config
             .providers
@@ -96,8 +105,11 @@ impl TestGateway {
             &config,
             &providers,
             &mut registry,
-            auth,
-            vec![outcomes.clone()],
+            custos_gateway::Hooks {
+                auth,
+                audit,
+                sinks: vec![outcomes.clone()],
+            },
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
