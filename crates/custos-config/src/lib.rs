@@ -30,6 +30,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("CUSTOS_SHUTDOWN_GRACE", "server.shutdown_grace"),
     ("CUSTOS_LOG_FORMAT", "log.format"),
     ("CUSTOS_LOG_LEVEL", "log.level"),
+    ("CUSTOS_LEDGER_DURABILITY", "ledger.durability"),
 ];
 
 /// The validated runtime configuration.
@@ -43,6 +44,67 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Public models, in file order.
     pub models: Vec<ModelConfig>,
+    /// API key policy.
+    pub keys: KeysConfig,
+    /// The audit ledger.
+    pub ledger: LedgerConfig,
+}
+
+/// `[keys]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeysConfig {
+    /// Largest age of a key's current secret; older keys are due.
+    pub max_age: Duration,
+    /// Warning window before `max_age`.
+    pub rotation_warning: Duration,
+    /// How often last-used times are flushed to the store.
+    pub last_used_flush: Duration,
+}
+
+/// How durable a record is when its response goes out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync before every response completes (group commit).
+    Sync,
+    /// Responses complete after the write; fsync follows within the window.
+    Batched {
+        /// Longest delay between a write and its fsync.
+        window: Duration,
+    },
+}
+
+/// `[ledger]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerConfig {
+    /// Durability mode.
+    pub durability: Durability,
+    /// Checkpoint after this many records.
+    pub checkpoint_every_records: u64,
+    /// Checkpoint at least this often while the log grows.
+    pub checkpoint_interval: Duration,
+    /// Seal segments at this size.
+    pub segment_max_size: u64,
+    /// Seal segments at this age.
+    pub segment_max_age: Duration,
+    /// Keep records at least this long.
+    pub retention: Duration,
+    /// Serve traffic even when the ledger cannot record it (audited, loud).
+    pub fail_open: bool,
+    /// The checkpoint origin; `None` derives it from the install ID.
+    pub origin: Option<String>,
+    /// Pre-authentication refusals recorded per second, at most.
+    pub unauthenticated_records_per_second: u32,
+    /// External checkpoint copies.
+    pub sinks: Vec<LedgerSink>,
+}
+
+/// Where checkpoint copies go, beyond the operator's reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LedgerSink {
+    /// A directory (a mounted WORM bucket, another host's share).
+    Directory(PathBuf),
+    /// An HTTP endpoint that receives each note by POST.
+    Http(String),
 }
 
 /// `[server]`.

@@ -21,6 +21,67 @@ pub struct RawConfig {
     /// `[[models]]`.
     #[serde(default)]
     pub models: Vec<RawModel>,
+    /// `[keys]`.
+    #[serde(default)]
+    pub keys: RawKeys,
+    /// `[ledger]`.
+    #[serde(default)]
+    pub ledger: RawLedger,
+}
+
+/// `[keys]`: API key policy.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeys {
+    /// Largest age of a key's current secret before it is due for rotation.
+    pub max_age: Option<String>,
+    /// How long before `max_age` callers and operators are warned.
+    pub rotation_warning: Option<String>,
+    /// How often last-used times are written to the store.
+    pub last_used_flush: Option<String>,
+}
+
+/// `[ledger]`: the audit ledger.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLedger {
+    /// `sync` or `batched`.
+    pub durability: Option<String>,
+    /// Batched mode: longest time between a write and its fsync.
+    pub batch_window: Option<String>,
+    /// Sign a checkpoint after this many records.
+    pub checkpoint_every_records: Option<i64>,
+    /// Sign a checkpoint at least this often while the log grows.
+    pub checkpoint_interval: Option<String>,
+    /// Seal a segment at this size.
+    pub segment_max_size: Option<RawSize>,
+    /// Seal a segment at this age.
+    pub segment_max_age: Option<String>,
+    /// Keep records at least this long.
+    pub retention: Option<String>,
+    /// Required to set `retention` below 365 days.
+    pub allow_short_retention: Option<bool>,
+    /// Serve traffic even when the ledger cannot record it.
+    pub fail_open: Option<bool>,
+    /// The checkpoint origin line; defaults to `custos.local/<install-id>`.
+    pub origin: Option<String>,
+    /// Requests refused before authentication recorded per second, at most.
+    pub unauthenticated_records_per_second: Option<i64>,
+    /// External checkpoint copies.
+    #[serde(default)]
+    pub sinks: Vec<RawLedgerSink>,
+}
+
+/// One `[[ledger.sinks]]` entry.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLedgerSink {
+    /// `directory` or `http`.
+    pub kind: Option<String>,
+    /// Directory sinks: where checkpoint notes are copied.
+    pub path: Option<String>,
+    /// HTTP sinks: where checkpoint notes are POSTed.
+    pub url: Option<String>,
 }
 
 /// `[server]`.

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use crate::raw::{RawConfig, RawModel, RawProvider, RawSize, RawTimeouts};
 use crate::{
-    Config, CredentialSource, FieldError, LogConfig, LogFormat, MockSettings, ModelConfig,
-    OpenAiSettings, ProviderConfig, ProviderKind, ServerConfig, TargetConfig, Timeouts,
+    Config, CredentialSource, Durability, FieldError, KeysConfig, LedgerConfig, LedgerSink,
+    LogConfig, LogFormat, MockSettings, ModelConfig, OpenAiSettings, ProviderConfig, ProviderKind,
+    ServerConfig, TargetConfig, Timeouts,
 };
 
 /// Default largest request body: 8 MiB, room for a few inline images.
@@ -61,6 +62,7 @@ pub(crate) fn apply_env(
             "server.shutdown_grace" => &mut raw.server.shutdown_grace,
             "log.format" => &mut raw.log.format,
             "log.level" => &mut raw.log.level,
+            "ledger.durability" => &mut raw.ledger.durability,
             "server.max_body_size" => {
                 raw.server.max_body_size = Some(RawSize::Text(value));
                 continue;
@@ -90,12 +92,230 @@ pub(crate) fn validate(
     let log = log(&raw, &mut ctx);
     let providers = providers(&raw.providers, &mut ctx);
     let models = models(&raw.models, &raw.providers, &mut ctx);
+    let keys = keys(&raw, &mut ctx);
+    let ledger = ledger(&raw, &mut ctx);
     Some(Config {
         server: server?,
         log: log?,
         providers,
         models,
+        keys: keys?,
+        ledger: ledger?,
     })
+}
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+fn keys(raw: &RawConfig, ctx: &mut Ctx<'_>) -> Option<KeysConfig> {
+    let k = &raw.keys;
+    let max_age = long_duration(k.max_age.as_deref(), "keys.max_age", 90 * DAY, DAY, ctx);
+    let warning = long_duration(
+        k.rotation_warning.as_deref(),
+        "keys.rotation_warning",
+        14 * DAY,
+        Duration::ZERO,
+        ctx,
+    );
+    let flush = duration(
+        k.last_used_flush.as_deref(),
+        "keys.last_used_flush",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        ctx,
+    );
+    if let (Some(max_age), Some(warning)) = (max_age, warning)
+        && warning >= max_age
+    {
+        ctx.err("keys.rotation_warning", "must be shorter than keys.max_age");
+    }
+    Some(KeysConfig {
+        max_age: max_age?,
+        rotation_warning: warning?,
+        last_used_flush: flush?,
+    })
+}
+
+fn ledger(raw: &RawConfig, ctx: &mut Ctx<'_>) -> Option<LedgerConfig> {
+    let l = &raw.ledger;
+    let window = duration(
+        l.batch_window.as_deref(),
+        "ledger.batch_window",
+        Duration::from_millis(5),
+        Duration::from_micros(100),
+        ctx,
+    );
+    let durability = match l.durability.as_deref().unwrap_or("sync") {
+        "sync" => {
+            if l.batch_window.is_some() {
+                ctx.err(
+                    "ledger.batch_window",
+                    "is only valid with durability = \"batched\"",
+                );
+            }
+            Some(Durability::Sync)
+        }
+        "batched" => window.map(|window| Durability::Batched { window }),
+        other => {
+            ctx.err(
+                "ledger.durability",
+                format!("unknown mode `{other}`, expected `sync` or `batched`"),
+            );
+            None
+        }
+    };
+    let every = int_in(
+        l.checkpoint_every_records,
+        "ledger.checkpoint_every_records",
+        1000,
+        1..=10_000_000,
+        ctx,
+    );
+    let interval = duration(
+        l.checkpoint_interval.as_deref(),
+        "ledger.checkpoint_interval",
+        Duration::from_secs(1),
+        Duration::from_millis(10),
+        ctx,
+    );
+    let segment_max_size = match &l.segment_max_size {
+        None => Some(64 * 1024 * 1024),
+        Some(size) => match parse_size(size) {
+            Ok(n) if (64 * 1024..=1 << 40).contains(&n) => Some(n as u64),
+            Ok(n) => {
+                ctx.err(
+                    "ledger.segment_max_size",
+                    format!("{n} bytes is out of range, must be between 64KiB and 1TiB"),
+                );
+                None
+            }
+            Err(e) => {
+                ctx.err("ledger.segment_max_size", e);
+                None
+            }
+        },
+    };
+    let segment_max_age = long_duration(
+        l.segment_max_age.as_deref(),
+        "ledger.segment_max_age",
+        DAY,
+        Duration::from_secs(1),
+        ctx,
+    );
+    let retention = long_duration(
+        l.retention.as_deref(),
+        "ledger.retention",
+        365 * DAY,
+        DAY,
+        ctx,
+    );
+    if let Some(r) = retention
+        && r < 365 * DAY
+        && l.allow_short_retention != Some(true)
+    {
+        ctx.err(
+            "ledger.retention",
+            format!(
+                "{} is below the 365-day audit period; set ledger.allow_short_retention = true to confirm",
+                humantime::format_duration(r)
+            ),
+        );
+    }
+    let origin = match l.origin.as_deref() {
+        Some(o)
+            if o.is_empty()
+                || o.len() > 255
+                || o.chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == '+') =>
+        {
+            ctx.err(
+                "ledger.origin",
+                "must be 1 to 255 characters without whitespace or `+`",
+            );
+            None
+        }
+        other => Some(other.map(str::to_owned)),
+    };
+    let unauth = int_in(
+        l.unauthenticated_records_per_second,
+        "ledger.unauthenticated_records_per_second",
+        50,
+        1..=1_000_000,
+        ctx,
+    );
+    let mut sinks = Vec::new();
+    for (i, sink) in l.sinks.iter().enumerate() {
+        let path = format!("ledger.sinks[{i}]");
+        match (sink.kind.as_deref(), &sink.path, &sink.url) {
+            (Some("directory"), Some(p), None) if !p.is_empty() => {
+                sinks.push(LedgerSink::Directory(PathBuf::from(p)));
+            }
+            (Some("http"), None, Some(u)) => match check_url(u) {
+                Ok(u) => sinks.push(LedgerSink::Http(u)),
+                Err(e) => ctx.err(&format!("{path}.url"), e),
+            },
+            (Some("directory"), _, _) => {
+                ctx.err(&path, "a directory sink needs `path` (and no `url`)")
+            }
+            (Some("http"), _, _) => ctx.err(&path, "an http sink needs `url` (and no `path`)"),
+            (Some(other), _, _) => ctx.err(
+                &format!("{path}.kind"),
+                format!("unknown kind `{other}`, expected `directory` or `http`"),
+            ),
+            (None, _, _) => ctx.err(
+                &format!("{path}.kind"),
+                "is required: `directory` or `http`",
+            ),
+        }
+    }
+    Some(LedgerConfig {
+        durability: durability?,
+        checkpoint_every_records: every? as u64,
+        checkpoint_interval: interval?,
+        segment_max_size: segment_max_size?,
+        segment_max_age: segment_max_age?,
+        retention: retention?,
+        fail_open: l.fail_open.unwrap_or(false),
+        origin: origin?,
+        unauthenticated_records_per_second: u32::try_from(unauth?).unwrap_or(u32::MAX),
+        sinks,
+    })
+}
+
+/// A duration that may be long (days to years).
+fn long_duration(
+    text: Option<&str>,
+    path: &str,
+    default: Duration,
+    min: Duration,
+    ctx: &mut Ctx<'_>,
+) -> Option<Duration> {
+    let Some(text) = text else {
+        return Some(default);
+    };
+    match humantime::parse_duration(text) {
+        Ok(d) if d < min => {
+            ctx.err(
+                path,
+                format!(
+                    "`{text}` is too short, must be at least {}",
+                    humantime::format_duration(min)
+                ),
+            );
+            None
+        }
+        Ok(d) if d > 20 * 365 * DAY => {
+            ctx.err(path, format!("`{text}` is longer than 20 years"));
+            None
+        }
+        Ok(d) => Some(d),
+        Err(e) => {
+            ctx.err(
+                path,
+                format!("`{text}` is not a duration ({e}); write it like \"90d\" or \"365days\""),
+            );
+            None
+        }
+    }
 }
 
 fn server(raw: &RawConfig, ctx: &mut Ctx<'_>) -> Option<ServerConfig> {

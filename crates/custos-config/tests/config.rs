@@ -184,3 +184,77 @@ fn no_models_is_an_error() {
         "{err}"
     );
 }
+
+#[test]
+fn key_and_ledger_sections_load_with_defaults() {
+    use custos_config::{Durability, LedgerSink};
+    let config = load_default(&no_env).unwrap();
+    assert_eq!(config.keys.max_age, Duration::from_secs(90 * 86_400));
+    assert_eq!(config.ledger.durability, Durability::Sync);
+    assert_eq!(config.ledger.retention, Duration::from_secs(365 * 86_400));
+    assert!(!config.ledger.fail_open);
+
+    let example = load(
+        "example",
+        include_str!("../../../docs/custos.example.toml"),
+        &no_env,
+    )
+    .unwrap();
+    assert_eq!(
+        example.ledger.sinks,
+        [
+            LedgerSink::Directory("/mnt/audit-worm/custos".into()),
+            LedgerSink::Http("https://witness.example.com/custos/checkpoints".into()),
+        ]
+    );
+
+    let env = env_of(&[("CUSTOS_LEDGER_DURABILITY", "batched")]);
+    let batched = load_default(&env).unwrap();
+    assert_eq!(
+        batched.ledger.durability,
+        Durability::Batched {
+            window: Duration::from_millis(5)
+        }
+    );
+}
+
+#[test]
+fn ledger_settings_are_validated() {
+    let err = error_text(
+        r#"
+[providers.m]
+kind = "mock"
+[[models]]
+name = "m"
+targets = [{ provider = "m" }]
+[keys]
+max_age = "10d"
+rotation_warning = "30d"
+[ledger]
+durability = "eventually"
+retention = "30d"
+origin = "has space"
+[[ledger.sinks]]
+kind = "directory"
+[[ledger.sinks]]
+kind = "s3"
+"#,
+    );
+    expect![[r#"
+        custos.toml: 6 invalid setting(s)
+          keys.rotation_warning: must be shorter than keys.max_age
+          ledger.durability: unknown mode `eventually`, expected `sync` or `batched`
+          ledger.retention: 30days is below the 365-day audit period; set ledger.allow_short_retention = true to confirm
+          ledger.origin: must be 1 to 255 characters without whitespace or `+`
+          ledger.sinks[0]: a directory sink needs `path` (and no `url`)
+          ledger.sinks[1].kind: unknown kind `s3`, expected `directory` or `http`"#]]
+    .assert_eq(&err);
+    // An explicit override allows a short retention.
+    let ok = load(
+        "f",
+        "[providers.m]\nkind = \"mock\"\n[[models]]\nname = \"m\"\ntargets = [{ provider = \"m\" }]\n[ledger]\nretention = \"30d\"\nallow_short_retention = true\n",
+        &no_env,
+    )
+    .unwrap();
+    assert_eq!(ok.ledger.retention, Duration::from_secs(30 * 86_400));
+}
