@@ -1,0 +1,611 @@
+//! The single writer thread: group commit, segments, checkpoints, key
+//! rotation and retention. Only this thread touches segment files, so
+//! there is no locking on the data path.
+//!
+//! Each turn of the loop drains everything queued (up to [`MAX_GROUP`]),
+//! encodes and hashes each record into one buffer while extending the
+//! frontier, writes the buffer with one `write`, fdatasyncs once (in sync
+//! mode), and only then resolves the tickets. Any write or fsync error
+//! stops the writer for good: it is never retried, because after a failed
+//! fsync the kernel may have dropped the dirty pages.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use custos_merkle::{Frontier, Hash, leaf_hash};
+use custos_note::{Checkpoint, Signer};
+use custos_record::{
+    MAX_RECORD_BYTES, Record, RecordBody, RecordError, Scalar, System, Timestamp, decode,
+    encode_into,
+};
+use custos_types::Clock;
+use tokio::sync::oneshot;
+
+use crate::error::LedgerError;
+use crate::keys;
+use crate::layout::{Layout, frontier_text, sync_dir, write_atomic};
+use crate::options::{Durability, FsyncObserver, SecureRng};
+use crate::stats::Shared;
+
+/// The most commands handled in one group commit.
+pub(crate) const MAX_GROUP: usize = 4096;
+
+/// The longest the writer sleeps without checking its timers.
+const MAX_IDLE: Duration = Duration::from_secs(1);
+
+/// A record that is durable (per the configured [`Durability`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Its leaf index.
+    pub seq: u64,
+    /// Its RFC 6962 leaf hash.
+    pub leaf_hash: Hash,
+}
+
+/// What [`Ledger::rotate_signing_key`](crate::Ledger::rotate_signing_key) did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRotation {
+    /// The new verifier key, to hand to auditors.
+    pub vkey: String,
+    /// The sequence number of the `ledger.key_rotated` record.
+    pub record_seq: u64,
+    /// The smallest checkpoint size the new key signs; the checkpoint at
+    /// exactly this size is signed by both keys.
+    pub first_size: u64,
+}
+
+/// What [`Ledger::purge_before`](crate::Ledger::purge_before) did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurgeReport {
+    /// Sealed segments removed.
+    pub segments_removed: u64,
+    /// The first record still stored; records before it are gone.
+    pub purged_before_seq: u64,
+    /// The `retention.purged` record, if anything was purged.
+    pub record_seq: Option<u64>,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, LedgerError>>;
+
+/// A request to the writer thread.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "appends dominate the queue; boxing them would add an allocation per record"
+)]
+pub(crate) enum Command {
+    Append {
+        body: RecordBody,
+        reply: Reply<Appended>,
+    },
+    Checkpoint {
+        reply: Reply<u64>,
+    },
+    RotateKey {
+        reply: Reply<KeyRotation>,
+    },
+    Purge {
+        cutoff: SystemTime,
+        reply: Reply<PurgeReport>,
+    },
+    Shutdown {
+        reply: Reply<u64>,
+    },
+}
+
+/// The segment being appended to.
+pub(crate) struct Segment {
+    pub(crate) first_seq: u64,
+    pub(crate) file: File,
+    pub(crate) path: PathBuf,
+    pub(crate) len: u64,
+    pub(crate) first_ts: Option<Timestamp>,
+}
+
+/// Everything the writer thread owns.
+pub(crate) struct Writer {
+    pub(crate) layout: Layout,
+    pub(crate) origin: String,
+    pub(crate) durability: Durability,
+    pub(crate) every_records: u64,
+    pub(crate) every: Duration,
+    pub(crate) seg_max_bytes: u64,
+    pub(crate) seg_max_age: Duration,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) rng: Box<dyn SecureRng>,
+    pub(crate) on_fsync: Option<FsyncObserver>,
+    pub(crate) signer: Signer,
+    pub(crate) frontier: Frontier,
+    pub(crate) seg: Segment,
+    pub(crate) last_ts: Timestamp,
+    pub(crate) cp_size: Option<u64>,
+    pub(crate) cp_at: Instant,
+    pub(crate) unsynced_since: Option<Instant>,
+    pub(crate) buf: Vec<u8>,
+    pub(crate) pending: Vec<(Option<Reply<Appended>>, Appended)>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) sink_tx: Option<mpsc::Sender<(u64, String)>>,
+    pub(crate) sink_thread: Option<JoinHandle<()>>,
+    pub(crate) failed: Option<LedgerError>,
+    /// Held for the writer's lifetime: the flock on `LOCK`.
+    pub(crate) _lock: File,
+}
+
+impl Writer {
+    pub(crate) fn run(mut self, rx: Receiver<Command>) {
+        // A crash between filling a segment and opening the next one
+        // leaves a full segment; seal it before taking new records.
+        self.tick();
+        loop {
+            let first = match rx.recv_timeout(self.next_timeout()) {
+                Ok(cmd) => cmd,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.tick();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let _ = self.finish();
+                    return;
+                }
+            };
+            let mut next = Some(first);
+            let mut handled = 0;
+            while let Some(cmd) = next.take() {
+                match cmd {
+                    Command::Append { body, reply } => {
+                        self.shared.depth.fetch_sub(1, Relaxed);
+                        self.stage(body, Some(reply));
+                    }
+                    Command::Shutdown { reply } => {
+                        let _ = reply.send(self.finish());
+                        return;
+                    }
+                    Command::Checkpoint { reply } => {
+                        let _ = reply.send(self.checkpoint(None));
+                    }
+                    Command::RotateKey { reply } => {
+                        let result = self.rotate();
+                        let _ = reply.send(result);
+                    }
+                    Command::Purge { cutoff, reply } => {
+                        let result = self.purge(cutoff);
+                        let _ = reply.send(result);
+                    }
+                }
+                handled += 1;
+                if handled < MAX_GROUP {
+                    next = rx.try_recv().ok();
+                }
+            }
+            self.commit();
+            self.tick();
+        }
+    }
+
+    fn unavailable(&self) -> Option<LedgerError> {
+        self.failed.as_ref().map(|e| LedgerError::Unavailable {
+            reason: e.to_string(),
+        })
+    }
+
+    /// Stops the writer for good and fails everything not yet durable.
+    fn fail(&mut self, err: LedgerError) {
+        self.shared.set_failed(err.to_string());
+        for (reply, _) in self.pending.drain(..) {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(err.clone()));
+            }
+        }
+        self.buf.clear();
+        self.failed.get_or_insert(err);
+    }
+
+    fn now_ts(&self) -> Timestamp {
+        // Never let time run backwards inside the log: a clock step back
+        // would otherwise make the verifier flag the records.
+        Timestamp::from_system_time(self.clock.now()).max(self.last_ts)
+    }
+
+    fn segment_expired(&self, ts: Timestamp) -> bool {
+        let max_age = u64::try_from(self.seg_max_age.as_micros()).unwrap_or(u64::MAX);
+        self.seg
+            .first_ts
+            .is_some_and(|first| ts.unix_micros().saturating_sub(first.unix_micros()) >= max_age)
+    }
+
+    /// Encodes, hashes and buffers one record. It is written by the next
+    /// [`commit`](Self::commit).
+    fn stage(&mut self, body: RecordBody, reply: Option<Reply<Appended>>) {
+        if let Some(err) = self.unavailable() {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(err));
+            }
+            return;
+        }
+        let ts = self.now_ts();
+        let unwritten = self.seg.len + self.buf.len() as u64;
+        if unwritten > 0 && self.segment_expired(ts) {
+            self.seal();
+        }
+        let seq = self.frontier.size();
+        let record = Record { seq, ts, body };
+        let start = self.buf.len();
+        encode_into(&record, &mut self.buf);
+        let len = self.buf.len() - start;
+        if len > MAX_RECORD_BYTES {
+            self.buf.truncate(start);
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(LedgerError::InvalidRecord(RecordError::TooLarge {
+                    len,
+                    max: MAX_RECORD_BYTES,
+                })));
+            }
+            return;
+        }
+        let before = self.seg.len + start as u64;
+        if before > 0 && before + len as u64 + 1 > self.seg_max_bytes {
+            let encoded = self.buf.split_off(start);
+            self.seal();
+            self.buf.extend_from_slice(&encoded);
+        }
+        if let Some(err) = self.unavailable() {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(err));
+            }
+            return;
+        }
+        let at = self.buf.len() - len;
+        let leaf = leaf_hash(&self.buf[at..]);
+        self.buf.push(b'\n');
+        if let Err(e) = self.frontier.append(leaf) {
+            self.buf.truncate(at);
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(LedgerError::Unavailable {
+                    reason: e.to_string(),
+                }));
+            }
+            return;
+        }
+        self.seg.first_ts.get_or_insert(ts);
+        self.last_ts = ts;
+        self.pending.push((
+            reply,
+            Appended {
+                seq,
+                leaf_hash: leaf,
+            },
+        ));
+    }
+
+    /// Writes the buffered group, syncs it in sync mode, and resolves its
+    /// tickets.
+    fn commit(&mut self) {
+        if self.buf.is_empty() || self.failed.is_some() {
+            return;
+        }
+        if let Err(e) = self.seg.file.write_all(&self.buf) {
+            let err = LedgerError::io("write", &self.seg.path, e);
+            self.fail(err);
+            return;
+        }
+        let bytes = self.buf.len() as u64;
+        self.seg.len += bytes;
+        self.buf.clear();
+        match self.durability {
+            Durability::Sync => {
+                if self.sync().is_err() {
+                    return;
+                }
+            }
+            Durability::Batched { .. } => {
+                self.unsynced_since.get_or_insert_with(Instant::now);
+            }
+        }
+        self.shared.size.store(self.frontier.size(), Relaxed);
+        self.shared
+            .stats
+            .note_group(self.pending.len() as u64, bytes);
+        for (reply, appended) in self.pending.drain(..) {
+            if let Some(reply) = reply {
+                let _ = reply.send(Ok(appended));
+            }
+        }
+    }
+
+    /// fdatasyncs the open segment.
+    fn sync(&mut self) -> Result<(), LedgerError> {
+        let started = Instant::now();
+        if let Err(e) = self.seg.file.sync_data() {
+            let err = LedgerError::io("fsync", &self.seg.path, e);
+            self.fail(err.clone());
+            return Err(err);
+        }
+        let took = started.elapsed();
+        self.shared.stats.note_fsync(took);
+        if let Some(observe) = &self.on_fsync {
+            observe(took);
+        }
+        self.unsynced_since = None;
+        Ok(())
+    }
+
+    fn fail_with(&mut self, err: LedgerError) -> LedgerError {
+        self.fail(err.clone());
+        err
+    }
+
+    /// Signs a checkpoint of everything written so far, after making it
+    /// durable. `previous` co-signs the checkpoint that follows a key
+    /// rotation.
+    fn checkpoint(&mut self, previous: Option<&Signer>) -> Result<u64, LedgerError> {
+        self.commit();
+        if let Some(err) = self.unavailable() {
+            return Err(err);
+        }
+        let size = self.frontier.size();
+        if self.cp_size == Some(size) && previous.is_none() {
+            return Ok(size);
+        }
+        if self.unsynced_since.is_some() {
+            self.sync()?;
+        }
+        let body = Checkpoint::new(self.origin.clone(), size, self.frontier.root(), Vec::new())
+            .map(|cp| cp.to_body())
+            .map_err(|e| LedgerError::Unavailable {
+                reason: e.to_string(),
+            });
+        let note = body.and_then(|body| {
+            let signers: Vec<&Signer> = previous.into_iter().chain([&self.signer]).collect();
+            custos_note::sign(&body, &signers).map_err(|e| LedgerError::Unavailable {
+                reason: e.to_string(),
+            })
+        });
+        let written = note.and_then(|note| {
+            write_atomic(
+                &self.layout.frontier(size),
+                frontier_text(&self.frontier).as_bytes(),
+            )?;
+            write_atomic(&self.layout.note(size), note.as_bytes())?;
+            sync_dir(&self.layout.checkpoints())?;
+            Ok(note)
+        });
+        let note = match written {
+            Ok(note) => note,
+            Err(e) => return Err(self.fail_with(e)),
+        };
+        self.cp_size = Some(size);
+        self.cp_at = Instant::now();
+        self.shared.set_checkpoint(size);
+        self.shared.stats.note_checkpoint();
+        if let Some(tx) = &self.sink_tx {
+            let _ = tx.send((size, note));
+        }
+        Ok(size)
+    }
+
+    /// Closes the open segment at a signed checkpoint and starts the next.
+    fn seal(&mut self) {
+        self.commit();
+        if self.failed.is_some() || self.seg.len == 0 {
+            return;
+        }
+        if self.checkpoint(None).is_err() {
+            return;
+        }
+        let first_seq = self.frontier.size();
+        let path = self.layout.segment(first_seq);
+        let opened = OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| LedgerError::io("create", &path, e))
+            .and_then(|file| sync_dir(&self.layout.segments()).map(|()| file));
+        match opened {
+            Ok(file) => {
+                self.seg = Segment {
+                    first_seq,
+                    file,
+                    path,
+                    len: 0,
+                    first_ts: None,
+                };
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+
+    /// Runs the timers: batched fsync, periodic checkpoints, segment age.
+    fn tick(&mut self) {
+        if self.failed.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        if let (Some(since), Durability::Batched { max_delay }) =
+            (self.unsynced_since, self.durability)
+            && now.duration_since(since) >= max_delay
+            && self.sync().is_err()
+        {
+            return;
+        }
+        let size = self.frontier.size();
+        let signed = self.cp_size.unwrap_or(0);
+        if size > signed
+            && (size - signed >= self.every_records || now.duration_since(self.cp_at) >= self.every)
+            && self.checkpoint(None).is_err()
+        {
+            return;
+        }
+        if self.seg.len > 0
+            && (self.seg.len >= self.seg_max_bytes || self.segment_expired(self.now_ts()))
+        {
+            self.seal();
+        }
+    }
+
+    fn next_timeout(&self) -> Duration {
+        let now = Instant::now();
+        let mut timeout = MAX_IDLE;
+        if let (Some(since), Durability::Batched { max_delay }) =
+            (self.unsynced_since, self.durability)
+        {
+            timeout = timeout.min((since + max_delay).saturating_duration_since(now));
+        }
+        if self.frontier.size() > self.cp_size.unwrap_or(0) {
+            timeout = timeout.min((self.cp_at + self.every).saturating_duration_since(now));
+        }
+        timeout
+    }
+
+    /// Appends a record the ledger writes about itself, makes it durable,
+    /// and returns its sequence number.
+    fn append_own(&mut self, body: System) -> Result<u64, LedgerError> {
+        let (tx, mut rx) = oneshot::channel();
+        self.stage(RecordBody::System(body), Some(tx));
+        self.commit();
+        if self.unsynced_since.is_some() {
+            self.sync()?;
+        }
+        match rx.try_recv() {
+            Ok(result) => result.map(|a| a.seq),
+            Err(_) => Err(self.unavailable().unwrap_or(LedgerError::Unavailable {
+                reason: "internal record was not written".into(),
+            })),
+        }
+    }
+
+    fn rotate(&mut self) -> Result<KeyRotation, LedgerError> {
+        self.checkpoint(None)?;
+        let size = self.frontier.size();
+        let first_size = size + 1;
+        let new = keys::generate(&self.origin, self.rng.as_mut())?;
+        let old_vkey = self.signer.verifier().to_vkey();
+        let new_vkey = new.verifier().to_vkey();
+        // Order matters for crash safety; see `keys::load_or_create`.
+        let prepared = keys::write_key(&self.layout, &new, true)
+            .and_then(|()| keys::append_history(&self.layout, first_size, &new));
+        if let Err(e) = prepared {
+            return Err(self.fail_with(e));
+        }
+        let record_seq = self.append_own(
+            System::new("ledger.key_rotated")
+                .with("old_key", old_vkey)
+                .with("new_key", new_vkey.clone())
+                .with("first_size", Scalar::count(first_size)),
+        )?;
+        let old = std::mem::replace(&mut self.signer, new);
+        self.checkpoint(Some(&old))?;
+        let installed = fs::rename(self.layout.new_signing_key(), self.layout.signing_key())
+            .map_err(|e| LedgerError::io("rename", self.layout.signing_key(), e))
+            .and_then(|()| sync_dir(&self.layout.keys()));
+        if let Err(e) = installed {
+            return Err(self.fail_with(e));
+        }
+        Ok(KeyRotation {
+            vkey: new_vkey,
+            record_seq,
+            first_size,
+        })
+    }
+
+    fn purge(&mut self, cutoff: SystemTime) -> Result<PurgeReport, LedgerError> {
+        self.commit();
+        if let Some(err) = self.unavailable() {
+            return Err(err);
+        }
+        let cutoff = Timestamp::from_system_time(cutoff);
+        let segments = self.layout.list_segments()?;
+        let sealed: Vec<u64> = segments
+            .iter()
+            .copied()
+            .filter(|&s| s < self.seg.first_seq)
+            .collect();
+        let mut doomed = 0;
+        for &first in &sealed {
+            if last_record_ts(&self.layout.segment(first))? < cutoff {
+                doomed += 1;
+            } else {
+                break;
+            }
+        }
+        let boundary = segments.get(doomed).copied().unwrap_or(self.seg.first_seq);
+        if doomed == 0 {
+            return Ok(PurgeReport {
+                segments_removed: 0,
+                purged_before_seq: segments.first().copied().unwrap_or(0),
+                record_seq: None,
+            });
+        }
+        // The rest of the log verifies from the snapshot at the boundary,
+        // so it must be there before anything goes.
+        for path in [self.layout.frontier(boundary), self.layout.note(boundary)] {
+            if !path.exists() {
+                return Err(LedgerError::corrupt(
+                    path,
+                    Some(boundary),
+                    "snapshot at the purge boundary is missing",
+                ));
+            }
+        }
+        // The record goes first: a crash before the deletions leaves a log
+        // that says more was purged than was, which verifies; the reverse
+        // would look like tampering.
+        let record_seq = self.append_own(
+            System::new("retention.purged")
+                .with("purged_before_seq", Scalar::count(boundary))
+                .with("segments", Scalar::count(doomed as u64))
+                .with("cutoff", cutoff.to_string()),
+        )?;
+        for &first in &sealed[..doomed] {
+            let path = self.layout.segment(first);
+            if let Err(e) = fs::remove_file(&path) {
+                return Err(self.fail_with(LedgerError::io("remove", &path, e)));
+            }
+        }
+        sync_dir(&self.layout.segments())?;
+        Ok(PurgeReport {
+            segments_removed: doomed as u64,
+            purged_before_seq: boundary,
+            record_seq: Some(record_seq),
+        })
+    }
+
+    /// Graceful stop: write and sync everything, sign a final checkpoint,
+    /// let the sinks finish.
+    fn finish(&mut self) -> Result<u64, LedgerError> {
+        self.shared.closed.store(true, Relaxed);
+        let result = self.checkpoint(None);
+        self.shared.healthy.store(false, Relaxed);
+        self.sink_tx = None;
+        if let Some(thread) = self.sink_thread.take() {
+            let _ = thread.join();
+        }
+        result
+    }
+}
+
+/// The timestamp of the last record in a sealed segment.
+fn last_record_ts(path: &std::path::Path) -> Result<Timestamp, LedgerError> {
+    let mut file = File::open(path).map_err(|e| LedgerError::io("open", path, e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| LedgerError::io("stat", path, e))?
+        .len();
+    let from = len.saturating_sub(MAX_RECORD_BYTES as u64 + 2);
+    let mut tail = Vec::new();
+    file.seek(SeekFrom::Start(from))
+        .and_then(|_| file.read_to_end(&mut tail))
+        .map_err(|e| LedgerError::io("read", path, e))?;
+    let body = tail.strip_suffix(b"\n").unwrap_or(&tail);
+    let line = body
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(body, |i| &body[i + 1..]);
+    decode(line)
+        .map(|r| r.ts)
+        .map_err(|e| LedgerError::corrupt(path, None, format!("last record: {e}")))
+}

@@ -1,0 +1,433 @@
+//! The ledger against a real directory: durability, group commit,
+//! segments and checkpoints, recovery after a crash, the lock, key
+//! rotation, retention, sinks and the read API.
+
+#![allow(clippy::unwrap_used, reason = "test helpers fail loudly")]
+
+mod common;
+
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::time::Duration;
+
+use common::*;
+use custos_ledger::{DirSink, Durability, Ledger, LedgerError, LedgerReader};
+use custos_merkle::{leaf_hash, root, verify_consistency, verify_inclusion};
+use custos_note::{Checkpoint, Verifier, open as open_note};
+
+fn verifier(dir: &std::path::Path) -> Verifier {
+    LedgerReader::open(dir).verifier_history().unwrap()[0]
+        .verifier
+        .clone()
+}
+
+#[tokio::test]
+async fn appends_are_durable_and_checkpointed_at_shutdown() {
+    let tmp = TempDir::new("basic");
+    let clock = clock();
+    let (ledger, report) = open(&tmp.ledger(), options(1), clock.clone());
+    assert!(report.created && !report.was_unclean());
+    append_n(&ledger, &clock, 0, 10).await;
+    let status = ledger.status();
+    assert_eq!((status.size, status.healthy), (10, true));
+    assert_eq!(ledger.shutdown().await.unwrap(), 10);
+    assert!(matches!(
+        ledger.append(request(99)),
+        Err(LedgerError::ShutDown)
+    ));
+    assert!(!ledger.status().healthy);
+    drop(ledger);
+
+    let files = segment_files(&tmp.ledger());
+    assert_eq!(files.len(), 1);
+    let text = fs::read_to_string(&files[0]).unwrap();
+    assert_eq!(text.lines().count(), 10);
+    assert!(text.ends_with('\n'));
+    assert_eq!(checkpoint_sizes(&tmp.ledger()), vec![10]);
+
+    // The checkpoint root is the RFC 6962 root of the lines.
+    let leaves: Vec<_> = text.lines().map(|l| leaf_hash(l.as_bytes())).collect();
+    let note =
+        fs::read_to_string(tmp.ledger().join("checkpoints/00000000000000000010.note")).unwrap();
+    let opened = open_note(note.as_bytes(), &[verifier(&tmp.ledger())]).unwrap();
+    let cp = Checkpoint::parse(opened.body()).unwrap();
+    assert_eq!(
+        (cp.origin(), cp.size(), *cp.root()),
+        (ORIGIN, 10, root(&leaves))
+    );
+
+    let (ledger, report) = open(&tmp.ledger(), options(1), clock.clone());
+    assert!(!report.created && !report.was_unclean(), "{report:?}");
+    assert_eq!(report.tree_size, 10);
+    let appended = ledger.append(request(10)).unwrap().await.unwrap();
+    assert_eq!(appended.seq, 10);
+    ledger.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_second_writer_is_refused() {
+    let tmp = TempDir::new("lock");
+    let (ledger, _) = open(&tmp.ledger(), options(1), clock());
+    let err = Ledger::open(&tmp.ledger(), options(1), clock()).unwrap_err();
+    assert!(matches!(err, LedgerError::Locked { .. }), "{err}");
+    assert!(err.to_string().contains("locked by another writer"));
+    ledger.shutdown().await.unwrap();
+    drop(ledger);
+    let (again, _) = open(&tmp.ledger(), options(1), clock());
+    again.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_appends_get_distinct_contiguous_seqs() {
+    let tmp = TempDir::new("concurrent");
+    let (ledger, _) = open(&tmp.ledger(), options(1), clock());
+    let ledger = std::sync::Arc::new(ledger);
+    let mut tasks = Vec::new();
+    for t in 0..8u64 {
+        let ledger = ledger.clone();
+        tasks.push(tokio::spawn(async move {
+            let tickets: Vec<_> = (0..250)
+                .map(|i| ledger.append(request(t * 1000 + i)).unwrap())
+                .collect();
+            let mut seqs = Vec::new();
+            for ticket in tickets {
+                seqs.push(ticket.await.unwrap().seq);
+            }
+            seqs
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    all.sort_unstable();
+    assert_eq!(all, (0..2000).collect::<Vec<_>>());
+    let stats = ledger.stats().snapshot();
+    assert_eq!(stats.appended, 2000);
+    assert!(
+        stats.groups < 2000,
+        "group commit batched nothing: {stats:?}"
+    );
+    assert_eq!(
+        stats.fsyncs, stats.groups,
+        "one fsync per group in sync mode"
+    );
+    ledger.shutdown().await.unwrap();
+    // 1000-record checkpoints land on group boundaries at or after 1000.
+    let sizes = checkpoint_sizes(&tmp.ledger());
+    assert_eq!(*sizes.last().unwrap(), 2000);
+}
+
+#[tokio::test]
+async fn invalid_records_are_refused_before_queueing() {
+    let tmp = TempDir::new("invalid");
+    let (ledger, _) = open(&tmp.ledger(), options(1), clock());
+    let err = ledger.append(system("Not A Name")).unwrap_err();
+    assert!(matches!(err, LedgerError::InvalidRecord(_)), "{err}");
+    assert_eq!(ledger.status().size, 0);
+    ledger.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn segments_seal_at_size_with_a_checkpoint_at_each_boundary() {
+    let tmp = TempDir::new("seal");
+    let clock = clock();
+    let mut o = options(1);
+    o.segment_max_bytes = 2048;
+    let (ledger, _) = open(&tmp.ledger(), o, clock.clone());
+    append_n(&ledger, &clock, 0, 40).await;
+    ledger.shutdown().await.unwrap();
+    let files = segment_files(&tmp.ledger());
+    assert!(files.len() >= 4, "{files:?}");
+    let sizes = checkpoint_sizes(&tmp.ledger());
+    let mut first = 0u64;
+    for file in &files {
+        let name = file.file_name().unwrap().to_str().unwrap();
+        assert_eq!(name, format!("{first:020}.jsonl"));
+        let len = fs::metadata(file).unwrap().len();
+        assert!(len <= 2048, "{name} is {len} bytes");
+        first += fs::read_to_string(file).unwrap().lines().count() as u64;
+        assert!(
+            sizes.contains(&first),
+            "no checkpoint at boundary {first}: {sizes:?}"
+        );
+        assert!(
+            tmp.ledger()
+                .join(format!("checkpoints/{first:020}.frontier"))
+                .exists()
+        );
+    }
+    assert_eq!(first, 40);
+}
+
+#[tokio::test]
+async fn segments_seal_at_age_by_record_time() {
+    let tmp = TempDir::new("age");
+    let clock = clock();
+    let mut o = options(1);
+    o.segment_max_age = Duration::from_secs(3600);
+    let (ledger, _) = open(&tmp.ledger(), o, clock.clone());
+    append_n(&ledger, &clock, 0, 3).await;
+    clock.advance(Duration::from_secs(3600));
+    append_n(&ledger, &clock, 3, 2).await;
+    ledger.shutdown().await.unwrap();
+    let files = segment_files(&tmp.ledger());
+    assert_eq!(files.len(), 2);
+    assert!(files[1].ends_with("00000000000000000003.jsonl"));
+    assert!(checkpoint_sizes(&tmp.ledger()).contains(&3));
+}
+
+#[tokio::test]
+async fn torn_tail_is_cut_and_unsigned_records_are_rehashed() {
+    let tmp = TempDir::new("torn");
+    let clock = clock();
+    let (ledger, _) = open(&tmp.ledger(), options(1), clock.clone());
+    append_n(&ledger, &clock, 0, 5).await;
+    ledger.checkpoint().await.unwrap();
+    append_n(&ledger, &clock, 5, 3).await;
+    ledger.shutdown().await.unwrap();
+    drop(ledger);
+    // Simulate a kill -9: the final checkpoint never happened, and half a
+    // record was written.
+    for ext in ["note", "frontier"] {
+        fs::remove_file(tmp.ledger().join(format!("checkpoints/{:020}.{ext}", 8))).unwrap();
+    }
+    let seg = &segment_files(&tmp.ledger())[0];
+    fs::OpenOptions::new()
+        .append(true)
+        .open(seg)
+        .unwrap()
+        .write_all(b"{\"event\":\"req")
+        .unwrap();
+
+    let (ledger, report) = open(&tmp.ledger(), options(1), clock.clone());
+    assert!(report.was_unclean());
+    assert_eq!(
+        (
+            report.tree_size,
+            report.checkpoint_size,
+            report.unsigned_records,
+            report.truncated_bytes
+        ),
+        (8, 5, 3, 13)
+    );
+    assert_eq!(report.records_rehashed, 8);
+    let record = report.to_record().unwrap();
+    assert_eq!(record.event, "ledger.recovered");
+    let seq = ledger
+        .append(custos_record::RecordBody::System(record))
+        .unwrap()
+        .await
+        .unwrap()
+        .seq;
+    assert_eq!(seq, 8);
+    ledger.shutdown().await.unwrap();
+    assert!(fs::read_to_string(seg).unwrap().ends_with("\"v\":1}\n"));
+}
+
+#[tokio::test]
+async fn records_that_do_not_reproduce_the_checkpoint_refuse_to_open() {
+    let tmp = TempDir::new("corrupt");
+    let clock = clock();
+    let (ledger, _) = open(&tmp.ledger(), options(1), clock.clone());
+    append_n(&ledger, &clock, 0, 6).await;
+    ledger.shutdown().await.unwrap();
+    drop(ledger);
+    let seg = segment_files(&tmp.ledger())[0].clone();
+    let text = fs::read_to_string(&seg).unwrap();
+    fs::write(
+        &seg,
+        text.replace("\"latency_us\":1003", "\"latency_us\":1004"),
+    )
+    .unwrap();
+    let err = Ledger::open(&tmp.ledger(), options(1), clock.clone()).unwrap_err();
+    let LedgerError::Corrupt { file, seq, reason } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!((file, *seq), (&seg, Some(6)), "{err}");
+    assert!(reason.contains("do not reproduce"), "{reason}");
+
+    // Records removed from under a checkpoint are caught too.
+    let lines: Vec<&str> = text.lines().take(4).collect();
+    fs::write(&seg, lines.join("\n") + "\n").unwrap();
+    let err = Ledger::open(&tmp.ledger(), options(1), clock).unwrap_err();
+    assert!(
+        err.to_string().contains("covers 6 records but only 4"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_readable_signing_key_refuses_to_start() {
+    let tmp = TempDir::new("perm");
+    let (ledger, _) = open(&tmp.ledger(), options(1), clock());
+    ledger.shutdown().await.unwrap();
+    drop(ledger);
+    let key = tmp.ledger().join("keys/signing.key");
+    assert_eq!(
+        fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o640)).unwrap();
+    let err = Ledger::open(&tmp.ledger(), options(1), clock()).unwrap_err();
+    assert!(
+        matches!(err, LedgerError::KeyPermissions { mode: 0o640, .. }),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn key_rotation_keeps_old_checkpoints_verifiable() {
+    let tmp = TempDir::new("rotate");
+    let clock = clock();
+    let (ledger, _) = open(&tmp.ledger(), options(1), clock.clone());
+    append_n(&ledger, &clock, 0, 4).await;
+    let old = verifier(&tmp.ledger());
+    let rotation = ledger.rotate_signing_key().await.unwrap();
+    assert_eq!((rotation.record_seq, rotation.first_size), (4, 5));
+    append_n(&ledger, &clock, 5, 2).await;
+    ledger.shutdown().await.unwrap();
+    drop(ledger);
+
+    let history = LedgerReader::open(&tmp.ledger())
+        .verifier_history()
+        .unwrap();
+    assert_eq!(history.len(), 2);
+    assert_eq!((history[0].first_size, history[1].first_size), (0, 5));
+    let new = history[1].verifier.clone();
+    assert_eq!(new.to_vkey(), rotation.vkey);
+    let reader = LedgerReader::open(&tmp.ledger());
+    let note = |size| reader.checkpoint(size).unwrap().unwrap();
+    assert!(open_note(note(4).as_bytes(), std::slice::from_ref(&old)).is_ok());
+    assert!(open_note(note(4).as_bytes(), std::slice::from_ref(&new)).is_err());
+    let both = open_note(note(5).as_bytes(), &[old.clone(), new.clone()]).unwrap();
+    assert_eq!(both.verified().len(), 2);
+    assert!(open_note(note(7).as_bytes(), std::slice::from_ref(&new)).is_ok());
+    assert!(open_note(note(7).as_bytes(), &[old]).is_err());
+    let rec = reader.record(4).unwrap();
+    let text = String::from_utf8(rec.bytes).unwrap();
+    assert!(text.contains("\"event\":\"ledger.key_rotated\""), "{text}");
+    assert!(!tmp.ledger().join("keys/signing.key.new").exists());
+
+    let (ledger, report) = open(&tmp.ledger(), options(1), clock);
+    assert!(!report.was_unclean());
+    ledger.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn purge_removes_only_old_sealed_segments_and_records_itself() {
+    let tmp = TempDir::new("purge");
+    let clock = clock();
+    let mut o = options(1);
+    o.segment_max_age = Duration::from_secs(3600);
+    let (ledger, _) = open(&tmp.ledger(), o, clock.clone());
+    for day in 0..3u64 {
+        append_n(&ledger, &clock, day * 10, 10).await;
+        clock.advance(Duration::from_secs(3600));
+    }
+    assert_eq!(segment_files(&tmp.ledger()).len(), 3);
+    // Cut off after the first segment's newest record, before the second's.
+    let cutoff = start() + Duration::from_secs(3600);
+    let report = ledger.purge_before(cutoff).await.unwrap();
+    assert_eq!((report.segments_removed, report.purged_before_seq), (1, 10));
+    assert_eq!(report.record_seq, Some(30));
+    // Nothing else is old enough, and the open segment is never purged.
+    let again = ledger.purge_before(cutoff).await.unwrap();
+    assert_eq!(again.segments_removed, 0);
+    ledger.shutdown().await.unwrap();
+    drop(ledger);
+
+    let files = segment_files(&tmp.ledger());
+    assert!(
+        files[0].ends_with("00000000000000000010.jsonl"),
+        "{files:?}"
+    );
+    let reader = LedgerReader::open(&tmp.ledger());
+    let purged = reader.record(30).unwrap();
+    assert!(
+        String::from_utf8(purged.bytes)
+            .unwrap()
+            .contains("\"purged_before_seq\":10")
+    );
+    assert!(matches!(
+        reader.record(3),
+        Err(LedgerError::OutOfRange { .. })
+    ));
+    let (ledger, _) = open(&tmp.ledger(), options(1), clock);
+    ledger.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn reader_finds_requests_and_builds_proofs_and_receipts() {
+    let tmp = TempDir::new("reader");
+    let clock = clock();
+    let sink_dir = tmp.0.join("witness");
+    let mut o = options(1);
+    o.sinks.push(Box::new(DirSink::new(&sink_dir)));
+    o.durability = Durability::Batched {
+        max_delay: Duration::from_millis(5),
+    };
+    let (ledger, _) = open(&tmp.ledger(), o, clock.clone());
+    append_n(&ledger, &clock, 0, 7).await;
+    assert_eq!(ledger.checkpoint().await.unwrap(), 7);
+    append_n(&ledger, &clock, 7, 6).await;
+    ledger.shutdown().await.unwrap();
+    drop(ledger);
+
+    let reader = LedgerReader::open(&tmp.ledger());
+    let all: Vec<_> = reader.records().unwrap().map(Result::unwrap).collect();
+    assert_eq!(all.len(), 13);
+    let found = reader.find_by_request_id("req-11").unwrap();
+    assert_eq!(found.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![11]);
+    assert!(
+        reader
+            .find_by_request_id("req-1")
+            .unwrap()
+            .iter()
+            .all(|r| r.seq == 1)
+    );
+
+    let (size, note) = reader.latest_checkpoint().unwrap().unwrap();
+    assert_eq!(size, 13);
+    let cp = Checkpoint::parse(
+        open_note(note.as_bytes(), &[verifier(&tmp.ledger())])
+            .unwrap()
+            .body(),
+    )
+    .unwrap();
+    let proof = reader.inclusion_proof(11, 13).unwrap();
+    verify_inclusion(&leaf_hash(&all[11].bytes), 11, 13, &proof, cp.root()).unwrap();
+    let old = Checkpoint::parse(
+        open_note(
+            reader.checkpoint(7).unwrap().unwrap().as_bytes(),
+            &[verifier(&tmp.ledger())],
+        )
+        .unwrap()
+        .body(),
+    )
+    .unwrap();
+    let proof = reader.consistency_proof(7, 13).unwrap();
+    verify_consistency(7, 13, old.root(), cp.root(), &proof).unwrap();
+    let receipt = reader.receipt(2, None).unwrap();
+    assert_eq!(
+        (receipt.seq, receipt.checkpoint.as_str()),
+        (2, note.as_str())
+    );
+    assert!(reader.receipt(13, None).is_err());
+
+    // The sink has a copy of every checkpoint.
+    let mut copies: Vec<_> = fs::read_dir(&sink_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    copies.sort();
+    assert_eq!(
+        copies,
+        vec!["00000000000000000007.note", "00000000000000000013.note"]
+    );
+    assert_eq!(
+        fs::read_to_string(sink_dir.join("00000000000000000013.note")).unwrap(),
+        note
+    );
+}
