@@ -1,0 +1,207 @@
+//! The durable outbox: lifecycle events written in the same transaction as
+//! the change they describe, drained into the audit ledger by its single
+//! writer.
+//!
+//! # Delivery contract: at least once, deduplicated by outbox ID
+//!
+//! 1. A change and its event commit together or not at all, so the ledger
+//!    can never miss a change nor record one that did not happen.
+//! 2. The drainer reads [`crate::Store::outbox_pending`] (oldest first),
+//!    appends each event to the ledger durably, and only then calls
+//!    [`crate::Store::outbox_mark_drained`].
+//! 3. A crash between 2's append and its mark leaves the events pending, and
+//!    they are read again on restart. The ledger record therefore carries the
+//!    outbox `id` as its idempotency key, and the drainer skips IDs the
+//!    ledger already holds (it needs to remember only the IDs appended since
+//!    the last mark, since marking is the next thing it does).
+//!
+//! IDs increase with insertion, but on PostgreSQL a transaction may commit
+//! after one with a higher ID, so the drainer must select by
+//! `drained_at IS NULL`, as `outbox_pending` does, and never by "ID above
+//! the last one seen". Events of one key are ordered: key changes serialise
+//! on the generation row.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use custos_auth::KeyId;
+use serde::{Deserialize, Serialize};
+use sqlx::{AnyConnection, Row};
+
+use crate::actor::Actor;
+use crate::error::{Result, StoreError};
+use crate::time::{from_ms, to_ms};
+
+/// The current version of [`KeyEvent`]'s JSON shape.
+pub const KEY_EVENT_VERSION: u32 = 1;
+
+/// What happened to a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum KeyEventKind {
+    /// A key was created.
+    #[serde(rename = "key.created")]
+    Created,
+    /// A key's metadata or scope changed.
+    #[serde(rename = "key.updated")]
+    Updated,
+    /// A key got a new secret.
+    #[serde(rename = "key.rotated")]
+    Rotated,
+    /// A key was revoked.
+    #[serde(rename = "key.revoked")]
+    Revoked,
+}
+
+impl KeyEventKind {
+    /// The outbox `kind` column value, such as `key.created`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyEventKind::Created => "key.created",
+            KeyEventKind::Updated => "key.updated",
+            KeyEventKind::Rotated => "key.rotated",
+            KeyEventKind::Revoked => "key.revoked",
+        }
+    }
+}
+
+/// One changed field: its value before and after, as JSON. `null` stands
+/// for "absent" (for example every `before` of a creation).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldChange {
+    /// The value before the change.
+    pub before: serde_json::Value,
+    /// The value after the change.
+    pub after: serde_json::Value,
+}
+
+/// The payload of a key lifecycle event. It never contains a secret or a
+/// secret's hash: a rotation is described by the masked forms of the old and
+/// new secrets and the keyed `rotation_ref`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyEvent {
+    /// The payload format version, [`KEY_EVENT_VERSION`].
+    pub v: u32,
+    /// What happened.
+    pub kind: KeyEventKind,
+    /// To which key.
+    pub key_id: KeyId,
+    /// When, in milliseconds since the Unix epoch.
+    pub at_ms: i64,
+    /// Who did it.
+    pub actor: Actor,
+    /// The key generation this change produced.
+    pub generation: i64,
+    /// What changed, by field name.
+    pub changes: BTreeMap<String, FieldChange>,
+    /// Free-text reason, for revocations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A pending outbox row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// The row ID: increasing, unique, and the idempotency key for the
+    /// ledger.
+    pub id: i64,
+    /// When the event was written.
+    pub created_at: SystemTime,
+    /// The event kind, such as `key.revoked`.
+    pub kind: String,
+    /// The event as JSON; for `key.*` kinds a [`KeyEvent`].
+    pub payload_json: String,
+}
+
+impl OutboxEntry {
+    /// Decodes the payload of a `key.*` event.
+    pub fn key_event(&self) -> Result<KeyEvent> {
+        serde_json::from_str(&self.payload_json).map_err(|e| StoreError::CorruptRow {
+            table: "outbox",
+            id: self.id.to_string(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// Appends `event` to the outbox on `conn`, which must be inside the
+/// transaction that makes the change. Returns the outbox ID.
+pub(crate) async fn insert(conn: &mut AnyConnection, event: &KeyEvent) -> Result<i64> {
+    let payload = serde_json::to_string(event).map_err(|e| StoreError::CorruptRow {
+        table: "outbox",
+        id: event.key_id.to_string(),
+        reason: e.to_string(),
+    })?;
+    let row = sqlx::query(
+        "INSERT INTO outbox (created_at, kind, payload_json, drained_at) \
+         VALUES ($1, $2, $3, NULL) RETURNING id",
+    )
+    .bind(event.at_ms)
+    .bind(event.kind.as_str())
+    .bind(payload)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(StoreError::Database)?;
+    row.try_get::<i64, _>(0).map_err(StoreError::Database)
+}
+
+impl crate::Store {
+    /// Up to `limit` undrained events, oldest first.
+    pub async fn outbox_pending(&self, limit: u32) -> Result<Vec<OutboxEntry>> {
+        let rows = sqlx::query(
+            "SELECT id, created_at, kind, payload_json FROM outbox \
+             WHERE drained_at IS NULL ORDER BY id LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db_err(e))?;
+        rows.iter()
+            .map(|r| {
+                Ok(OutboxEntry {
+                    id: r.try_get(0)?,
+                    created_at: from_ms(r.try_get(1)?),
+                    kind: r.try_get(2)?,
+                    payload_json: r.try_get(3)?,
+                })
+            })
+            .collect::<std::result::Result<_, sqlx::Error>>()
+            .map_err(|e| self.db_err(e))
+    }
+
+    /// Marks events as drained, after the ledger has durably appended them.
+    /// IDs already drained or unknown are ignored; returns how many rows
+    /// changed.
+    pub async fn outbox_mark_drained(&self, ids: &[i64]) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let now = to_ms(self.clock.now());
+        let mut tx = self.pool.begin().await.map_err(|e| self.db_err(e))?;
+        let mut changed = 0;
+        for chunk in ids.chunks(500) {
+            let mut sql = String::from(
+                "UPDATE outbox SET drained_at = $1 WHERE drained_at IS NULL AND id IN (",
+            );
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("${}", i + 2));
+            }
+            sql.push(')');
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            changed += q
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.db_err(e))?
+                .rows_affected();
+        }
+        tx.commit().await.map_err(|e| self.db_err(e))?;
+        Ok(changed)
+    }
+}
