@@ -200,3 +200,35 @@ impl Store {
         db::map_err(self.backend, self.db_path.as_deref(), e)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Type-checked, never run: the server holds the store in an `Arc` and
+    /// awaits its futures in handlers on a multi-threaded runtime, so the
+    /// store must be `Send + Sync` and every future `Send`.
+    #[allow(dead_code, reason = "a compile-time check")]
+    fn store_and_futures_are_send(store: &Store, id: &custos_auth::KeyId, actor: &Actor) {
+        fn is_send<T: Send>(_: T) {}
+        fn is_sync<T: Send + Sync>() {}
+        is_sync::<Store>();
+        is_sync::<ChangeWatcher>();
+        is_sync::<KeyMinter>();
+        let keys = store.keys();
+        let filter = ListFilter::default();
+        let update = KeyUpdate::default();
+        is_send(keys.list(&filter));
+        is_send(keys.get(id));
+        is_send(keys.update(id, &update, actor));
+        is_send(keys.revoke(id, actor, ""));
+        is_send(keys.touch_last_used(&[]));
+        is_send(keys.add_usage(&[]));
+        is_send(keys.usage_in_period(id, custos_auth::scope::BudgetPeriod::Day));
+        is_send(keys.generation());
+        is_send(keys.load_auth_snapshot());
+        is_send(store.outbox_pending(1));
+        is_send(store.outbox_mark_drained(&[]));
+        is_send(store.close());
+    }
+}
