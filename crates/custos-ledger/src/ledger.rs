@@ -21,6 +21,7 @@ use crate::keys;
 use crate::layout::{Layout, create_dir};
 use crate::options::LedgerOptions;
 use crate::recovery::{RecoveryReport, ledger_is_empty, recover};
+use crate::signing::Checkpointer;
 use crate::sink::run_sinks;
 use crate::stats::{LedgerStats, LedgerStatus, Shared};
 use crate::writer::{Appended, Command, KeyRotation, PurgeReport, Segment, Writer};
@@ -171,6 +172,19 @@ impl Ledger {
             (Some(tx), Some(thread))
         };
 
+        let (cp_tx, cp_rx) = mpsc::channel();
+        let checkpointer = Checkpointer {
+            layout: layout.clone(),
+            origin: origin.clone(),
+            shared: Arc::clone(&shared),
+            sink_tx: sink_tx.clone(),
+            on_fsync: on_fsync.clone(),
+        };
+        let cp_thread = std::thread::Builder::new()
+            .name("custos-ledger-checkpoints".into())
+            .spawn(move || checkpointer.run(cp_rx))
+            .map_err(|e| LedgerError::io("spawn checkpoint thread", dir, e))?;
+
         let writer = Writer {
             layout,
             origin,
@@ -200,6 +214,8 @@ impl Ledger {
             shared: Arc::clone(&shared),
             sink_tx,
             sink_thread,
+            cp_tx: Some(cp_tx),
+            cp_thread: Some(cp_thread),
             failed: None,
             _lock: lock,
         };

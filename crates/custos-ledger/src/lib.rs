@@ -53,6 +53,7 @@ mod ledger;
 mod options;
 mod reader;
 mod recovery;
+mod signing;
 mod sink;
 mod stats;
 mod writer;

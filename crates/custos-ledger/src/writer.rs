@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use custos_merkle::{Frontier, Hash, leaf_hash};
-use custos_note::{Checkpoint, Signer};
+use custos_note::Signer;
 use custos_record::{
     MAX_RECORD_BYTES, Record, RecordBody, RecordError, Scalar, System, Timestamp, decode,
     encode_into,
@@ -29,8 +29,9 @@ use tokio::sync::oneshot;
 
 use crate::error::LedgerError;
 use crate::keys;
-use crate::layout::{Layout, frontier_text, sync_dir, write_atomic};
+use crate::layout::{Layout, sync_dir};
 use crate::options::{Durability, FsyncObserver, SecureRng};
+use crate::signing::{Job, Message, write_checkpoint};
 use crate::stats::Shared;
 
 /// The most commands handled in one group commit.
@@ -131,6 +132,8 @@ pub(crate) struct Writer {
     pub(crate) shared: Arc<Shared>,
     pub(crate) sink_tx: Option<mpsc::Sender<(u64, String)>>,
     pub(crate) sink_thread: Option<JoinHandle<()>>,
+    pub(crate) cp_tx: Option<mpsc::Sender<Message>>,
+    pub(crate) cp_thread: Option<JoinHandle<()>>,
     pub(crate) failed: Option<LedgerError>,
     /// Held for the writer's lifetime: the flock on `LOCK`.
     pub(crate) _lock: File,
@@ -153,6 +156,7 @@ impl Writer {
                     return;
                 }
             };
+            self.adopt_failure();
             let mut next = Some(first);
             let mut handled = 0;
             while let Some(cmd) = next.take() {
@@ -344,6 +348,7 @@ impl Writer {
     /// rotation.
     fn checkpoint(&mut self, previous: Option<&Signer>) -> Result<u64, LedgerError> {
         self.commit();
+        self.flush_checkpointer();
         if let Some(err) = self.unavailable() {
             return Err(err);
         }
@@ -354,27 +359,8 @@ impl Writer {
         if self.unsynced_since.is_some() {
             self.sync()?;
         }
-        let body = Checkpoint::new(self.origin.clone(), size, self.frontier.root(), Vec::new())
-            .map(|cp| cp.to_body())
-            .map_err(|e| LedgerError::Unavailable {
-                reason: e.to_string(),
-            });
-        let note = body.and_then(|body| {
-            let signers: Vec<&Signer> = previous.into_iter().chain([&self.signer]).collect();
-            custos_note::sign(&body, &signers).map_err(|e| LedgerError::Unavailable {
-                reason: e.to_string(),
-            })
-        });
-        let written = note.and_then(|note| {
-            write_atomic(
-                &self.layout.frontier(size),
-                frontier_text(&self.frontier).as_bytes(),
-            )?;
-            write_atomic(&self.layout.note(size), note.as_bytes())?;
-            sync_dir(&self.layout.checkpoints())?;
-            Ok(note)
-        });
-        let note = match written {
+        let signers: Vec<&Signer> = previous.into_iter().chain([&self.signer]).collect();
+        let note = match write_checkpoint(&self.layout, &self.origin, &self.frontier, &signers) {
             Ok(note) => note,
             Err(e) => return Err(self.fail_with(e)),
         };
@@ -386,6 +372,53 @@ impl Writer {
             let _ = tx.send((size, note));
         }
         Ok(size)
+    }
+
+    /// Hands a periodic checkpoint of the current tree to the checkpointer.
+    fn request_checkpoint(&mut self) {
+        let sync = if self.unsynced_since.is_some() {
+            match self.seg.file.try_clone() {
+                Ok(file) => Some((file, self.seg.path.clone())),
+                Err(e) => {
+                    let err = LedgerError::io("dup", &self.seg.path, e);
+                    self.fail(err);
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let job = Job {
+            frontier: self.frontier.clone(),
+            signer: self.signer.clone(),
+            sync,
+        };
+        if let Some(tx) = &self.cp_tx {
+            let _ = tx.send(Message::Job(Box::new(job)));
+        }
+        self.cp_size = Some(self.frontier.size());
+        self.cp_at = Instant::now();
+    }
+
+    /// Waits until the checkpointer has finished every request, and takes
+    /// over its failure if it had one.
+    fn flush_checkpointer(&mut self) {
+        if let Some(tx) = &self.cp_tx {
+            let (reply, done) = mpsc::channel();
+            if tx.send(Message::Flush(reply)).is_ok() {
+                let _ = done.recv();
+            }
+        }
+        self.adopt_failure();
+    }
+
+    /// Stops appending if another thread of the ledger failed.
+    fn adopt_failure(&mut self) {
+        if self.failed.is_none()
+            && let Some(reason) = self.shared.failure()
+        {
+            self.fail(LedgerError::Unavailable { reason });
+        }
     }
 
     /// Closes the open segment at a signed checkpoint and starts the next.
@@ -436,9 +469,8 @@ impl Writer {
         let signed = self.cp_size.unwrap_or(0);
         if size > signed
             && (size - signed >= self.every_records || now.duration_since(self.cp_at) >= self.every)
-            && self.checkpoint(None).is_err()
         {
-            return;
+            self.request_checkpoint();
         }
         if self.seg.len > 0
             && (self.seg.len >= self.seg_max_bytes || self.segment_expired(self.now_ts()))
@@ -580,6 +612,10 @@ impl Writer {
         self.shared.closed.store(true, Relaxed);
         let result = self.checkpoint(None);
         self.shared.healthy.store(false, Relaxed);
+        self.cp_tx = None;
+        if let Some(thread) = self.cp_thread.take() {
+            let _ = thread.join();
+        }
         self.sink_tx = None;
         if let Some(thread) = self.sink_thread.take() {
             let _ = thread.join();
