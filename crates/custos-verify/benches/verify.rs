@@ -1,0 +1,93 @@
+//! Criterion benchmark of offline verification throughput: a ledger of
+//! 20 000 inference records written by custos-ledger, verified end to end
+//! (decode, canonical check, leaf hash, tree, signatures). The target is
+//! 300k records per second on one core.
+#![expect(
+    missing_docs,
+    reason = "criterion_group! generates an undocumented pub fn"
+)]
+#![allow(clippy::unwrap_used, reason = "a benchmark fails loudly")]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use custos_ledger::{Durability, Ledger, LedgerOptions, LedgerReader};
+use custos_record::{Inference, KeyActor, RecordBody, Usage, UsageSource};
+use custos_verify::verify_dir;
+
+const RECORDS: u64 = 20_000;
+
+fn body(i: u64) -> RecordBody {
+    RecordBody::Inference(Inference {
+        event: "request".into(),
+        request_id: format!("01JGZ8X3R{i:016}"),
+        actor: Some(KeyActor {
+            key_id: Some("ck_7Q2x".into()),
+            key_name: Some("ci-runner".into()),
+            owner: Some("alice@example.com".into()),
+            team: Some("platform".into()),
+        }),
+        client: None,
+        endpoint: "chat.completions".into(),
+        method: "POST".into(),
+        path: "/v1/chat/completions".into(),
+        model_requested: Some("gpt-4o".into()),
+        model_served: Some("gpt-4o-2024-08-06".into()),
+        provider: Some("openai".into()),
+        attempts: Vec::new(),
+        upstream_request_id: Some("req_abc123".into()),
+        status: 200,
+        error_code: None,
+        usage: Some(Usage {
+            completion_tokens: 20,
+            prompt_tokens: 100,
+            source: UsageSource::Upstream,
+            total_tokens: 120,
+        }),
+        stream: false,
+        latency_us: 2_051_000,
+        ttfb_us: Some(1_400_000),
+    })
+}
+
+fn bench_verify(c: &mut Criterion) {
+    let dir = std::env::temp_dir().join(format!("custos-verify-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut options = LedgerOptions::new("custos.bench/verify");
+    options.durability = Durability::Batched {
+        max_delay: Duration::from_millis(10),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (ledger, _) = Ledger::open(&dir, options, Arc::new(custos_types::SystemClock)).unwrap();
+        let tickets: Vec<_> = (0..RECORDS)
+            .map(|i| ledger.append(body(i)).unwrap())
+            .collect();
+        for t in tickets {
+            t.await.unwrap();
+        }
+        ledger.shutdown().await.unwrap();
+    });
+    let key = LedgerReader::open(&dir).verifier_history().unwrap()[0]
+        .verifier
+        .clone();
+
+    let mut group = c.benchmark_group("verify");
+    group.throughput(Throughput::Elements(RECORDS));
+    group.sample_size(10);
+    group.bench_function("verify_dir_20k", |b| {
+        b.iter(|| {
+            let report = verify_dir(&dir, std::slice::from_ref(&key), None, &mut |_, _| {});
+            assert!(report.is_intact(), "{report:?}");
+        });
+    });
+    group.finish();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+criterion_group!(benches, bench_verify);
+criterion_main!(benches);
