@@ -445,7 +445,11 @@ class Run:
         rc, default_cfg = cmd_output([self.custos_bin, "config", "default"])
         keys_rc, _ = cmd_output([self.custos_bin, "keys", "--help"])
         _, version = cmd_output([self.custos_bin, "--version"])
-        rc_git, rev = cmd_output(["git", "-C", ROOT, "describe", "--always", "--dirty"])
+        # The commit is known only when bench/run built the binary from this tree.
+        if os.environ.get("BENCH_CUSTOS_BUILT") == "1":
+            rc_git, rev = cmd_output(["git", "-C", ROOT, "describe", "--always", "--dirty"])
+        else:
+            rc_git, rev = 0, os.environ.get("CUSTOS_BIN_REV", "CUSTOS_BIN")
         self.custos_features = {
             "ledger": bool(re.search(r"^\s*\[ledger\]", default_cfg, re.M)),
             "keys": keys_rc == 0,
@@ -725,7 +729,7 @@ def measure(run: Run, t: Target, scenario: str, duration: float, profile: bool) 
     perf = None
     if profile:
         perf_data = os.path.join(run.args.out_dir, f"perf-{t.name}-{scenario}.data")
-        perf = spawn(["perf", "record", "-F", "499", "-g", "-o", perf_data, "-p", str(t.pid),
+        perf = spawn(["perf", "record", "-F", "999", "-o", perf_data, "-p", str(t.pid),
                       "--", "sleep", str(max(1.0, duration - 0.5))],
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -737,6 +741,14 @@ def measure(run: Run, t: Target, scenario: str, duration: float, profile: bool) 
             except subprocess.TimeoutExpired:
                 pass
             stop(perf)
+            top = os.path.join(run.args.out_dir, f"perf-{t.name}-{scenario}.txt")
+            with open(top, "w") as f:
+                for fields, limit in (("overhead,dso", "0.1"), ("overhead,dso,sym", "0.5")):
+                    _, text = cmd_output(["perf", "report", "-i", perf_data, "--no-children", "-F", fields,
+                                          "--stdio", "--percent-limit", limit], timeout=300)
+                    f.write("\n".join(ln.rstrip() for ln in text.splitlines()
+                                       if ln.strip() and not ln.startswith("#")) + "\n\n")
+            log(f"{t.name}: perf profile of {scenario}: {top}")
     wall = time.monotonic() - w0
     if t.proc is not None and t.proc.poll() is not None:
         raise RuntimeError(f"target exited during the run (status {t.proc.returncode}): {tail(t.log_path)}")
