@@ -1,5 +1,6 @@
 """Starts the real `custos` binary on port 0 for the SDK tests."""
 
+import json
 import os
 import re
 import shutil
@@ -51,6 +52,28 @@ def start_custos(args=(), env=None):
     return Custos(proc, match.group(1), match.group(2), data_dir)
 
 
+def create_key(custos, *args):
+    """Creates a key with the CLI and returns its JSON (with `secret`)."""
+    out = subprocess.run(
+        [BIN, "keys", "create", "--data-dir", custos.data_dir, "--json", *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout)
+
+
+def cli(custos, *args):
+    """Runs a `custos keys …` command on the server's data directory."""
+    out = subprocess.run(
+        [BIN, "keys", *args, "--data-dir", custos.data_dir, "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout)
+
+
 def stop_custos(custos):
     custos.proc.terminate()
     try:
@@ -66,3 +89,9 @@ def custos():
     c = start_custos()
     yield c
     stop_custos(c)
+
+
+@pytest.fixture(scope="module")
+def api_key(custos):
+    """A key for the mock models, created with the CLI."""
+    return create_key(custos, "--name", "sdk-tests", "--models", "mock-*")["secret"]

@@ -7,9 +7,8 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def client(custos):
-    # Authentication arrives with scoped keys; until then any key is accepted.
-    return openai.OpenAI(base_url=custos.base_url, api_key="unused", max_retries=0)
+def client(custos, api_key):
+    return openai.OpenAI(base_url=custos.base_url, api_key=api_key, max_retries=0)
 
 
 def test_chat(client):
@@ -95,7 +94,7 @@ def test_models_list_and_retrieve(client):
 
 def test_unknown_model_is_not_found(client):
     with pytest.raises(openai.NotFoundError) as err:
-        client.chat.completions.create(model="gpt-nope", messages=[{"role": "user", "content": "x"}])
+        client.chat.completions.create(model="mock-nope", messages=[{"role": "user", "content": "x"}])
     assert err.value.code == "model_not_found"
     assert err.value.request_id  # the SDK reads x-request-id
 

@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -154,6 +155,8 @@ pub struct Auth {
     source: Arc<dyn KeySource>,
     snapshot: RwLock<Arc<KeySnapshot>>,
     reload: tokio::sync::Mutex<()>,
+    wanted: AtomicU64,
+    loaded: AtomicU64,
     limiter: RateLimiter,
     last_used: Mutex<HashMap<KeyId, SystemTime>>,
     clock: Arc<dyn Clock>,
@@ -182,6 +185,8 @@ impl Auth {
             source,
             snapshot: RwLock::new(Arc::new(first)),
             reload: tokio::sync::Mutex::new(()),
+            wanted: AtomicU64::new(0),
+            loaded: AtomicU64::new(0),
             limiter: RateLimiter::new(),
             last_used: Mutex::new(HashMap::new()),
             clock,
@@ -189,16 +194,25 @@ impl Auth {
         }))
     }
 
-    /// Re-reads keys when the source says they changed. Reloads are
-    /// serialised; concurrent callers wait for the one in progress.
+    /// Re-reads keys when the source says they changed.
+    ///
+    /// `changed()` reports each change once, so the change is first turned
+    /// into a wanted generation. Every request that starts after the change
+    /// sees `loaded < wanted` and waits for the reload in progress instead of
+    /// using the old snapshot; a change that lands during a reload bumps
+    /// `wanted` again and triggers another.
     async fn current(&self) -> Result<Arc<KeySnapshot>, AuthError> {
         if self.source.changed() {
+            self.wanted.fetch_add(1, Ordering::SeqCst);
+        }
+        if self.loaded.load(Ordering::SeqCst) < self.wanted.load(Ordering::SeqCst) {
             let _guard = self.reload.lock().await;
-            // Another request may have reloaded while this one waited.
-            if self.source.changed() {
+            let target = self.wanted.load(Ordering::SeqCst);
+            if self.loaded.load(Ordering::SeqCst) < target {
                 match self.source.load().await {
                     Ok(fresh) => {
                         *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
+                        self.loaded.store(target, Ordering::SeqCst);
                     }
                     Err(e) => {
                         // Fail closed: without the store, a revocation

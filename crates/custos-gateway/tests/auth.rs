@@ -34,11 +34,11 @@ struct MemorySource {
 }
 
 impl KeySource for MemorySource {
+    /// Like the store's marker watcher, reports each change once.
     fn changed(&self) -> bool {
-        self.changed.load(Ordering::SeqCst)
+        self.changed.swap(false, Ordering::SeqCst)
     }
     fn load(&self) -> BoxFuture<'_, Result<KeySnapshot, String>> {
-        self.changed.store(false, Ordering::SeqCst);
         self.loads.fetch_add(1, Ordering::SeqCst);
         let snap = self.snapshot.lock().unwrap().clone();
         Box::pin(async move { Ok(snap) })

@@ -11,5 +11,5 @@
 mod process;
 mod upstream;
 
-pub use process::{CustosProcess, temp_dir};
+pub use process::{CustosProcess, create_key, temp_dir};
 pub use upstream::{MockUpstream, Received, Reply, StreamEnd, closed_port, resetting_server};

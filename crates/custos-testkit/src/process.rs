@@ -183,3 +183,29 @@ impl Drop for CustosProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Creates an API key with `custos keys create` in `data_dir` and returns
+/// its secret.
+pub fn create_key(bin: &str, data_dir: &Path, models: &str) -> String {
+    let out = Command::new(bin)
+        .args([
+            "keys",
+            "create",
+            "--name",
+            "test",
+            "--models",
+            models,
+            "--json",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "custos keys create failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["secret"].as_str().unwrap().to_owned()
+}

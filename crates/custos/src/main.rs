@@ -3,7 +3,9 @@
 
 #![allow(clippy::print_stdout, reason = "a CLI writes its results to stdout")]
 
+mod keys_cmd;
 mod serve;
+mod state;
 mod telemetry;
 
 use std::path::{Path, PathBuf};
@@ -27,12 +29,16 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[expect(clippy::large_enum_variant, reason = "parsed once per process")]
 enum Command {
     /// Runs the gateway and admin listeners.
     Serve,
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Scoped API keys: create, list, show, update, rotate, revoke.
+    #[command(subcommand)]
+    Keys(keys_cmd::KeysCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -60,6 +66,10 @@ fn main() -> ExitCode {
             print!("{}", custos_config::DEFAULT_CONFIG);
             Ok(())
         }
+        Command::Keys(cmd) => load_config(cli.config.as_deref()).and_then(|config| {
+            let data_dir = data_dir(cli.data_dir, &config);
+            keys_cmd::run(&data_dir, &config.keys, cmd)
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -68,6 +78,13 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The state directory: the flag (or `CUSTOS_DATA_DIR`), else the config's
+/// `server.data_dir`, else `./custos-data`.
+pub(crate) fn data_dir(flag: Option<PathBuf>, config: &custos_config::Config) -> PathBuf {
+    flag.or_else(|| config.server.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
 }
 
 /// Reads and validates the configuration: the file if given, otherwise the

@@ -12,10 +12,12 @@ use std::sync::Arc;
 use anyhow::{Context as _, bail};
 use axum::serve::ListenerExt as _;
 use custos_admin::AdminState;
+use custos_auth::KeyHasher;
 use custos_config::{Config, CredentialSource, ProviderKind};
-use custos_gateway::{Gateway, LogSink};
+use custos_gateway::{Auth, Gateway, LogSink, RotationPolicy};
 use custos_providers::Provider;
 use custos_types::SecretString;
+use custos_types::SystemClock;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -23,9 +25,7 @@ use tokio_util::sync::CancellationToken;
 pub fn run(config_file: Option<&Path>, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
     let config = crate::load_config(config_file)?;
     crate::telemetry::init(&config.log)?;
-    let data_dir = data_dir
-        .or_else(|| config.server.data_dir.clone())
-        .unwrap_or_else(|| PathBuf::from(crate::DEFAULT_DATA_DIR));
+    let data_dir = crate::data_dir(data_dir, &config);
     prepare_data_dir(&data_dir)?;
     let providers = build_providers(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -36,7 +36,8 @@ pub fn run(config_file: Option<&Path>, data_dir: Option<PathBuf>) -> anyhow::Res
     runtime.block_on(serve(config, data_dir, providers))
 }
 
-fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
+/// Creates the data directory (0700), or restricts an existing one to 0700.
+pub(crate) fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -140,14 +141,32 @@ async fn serve(
     data_dir: PathBuf,
     providers: HashMap<String, Arc<Provider>>,
 ) -> anyhow::Result<()> {
+    let (store, _minter) = crate::state::open(&data_dir).await?;
+    let pepper = crate::state::load_or_create_pepper(&data_dir)?;
+    let hasher = KeyHasher::new(&pepper).map_err(|e| anyhow::anyhow!("pepper: {e}"))?;
+    let source = Arc::new(crate::state::StoreKeySource::new(store.clone())?);
+    let auth = Auth::new(
+        hasher,
+        source,
+        Arc::new(SystemClock),
+        RotationPolicy {
+            max_age: config.keys.max_age,
+            warn_before: config.keys.rotation_warning,
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot load API keys: {e}"))?;
+    tokio::spawn(flush_last_used(auth.clone(), config.keys.last_used_flush));
+
     let mut registry = Registry::default();
     let gateway = Gateway::new(
         &config,
         &providers,
         &mut registry,
         custos_gateway::Hooks {
+            auth: Some(auth.clone()),
+            audit: None,
             sinks: vec![Arc::new(LogSink)],
-            ..Default::default()
         },
     );
     let admin = AdminState::new(registry, data_dir.clone());
@@ -207,7 +226,23 @@ async fn serve(
             tracing::warn!(grace = ?grace, "shutdown grace period elapsed; closing remaining connections");
         }
     }
+    if let Err(e) = auth.flush().await {
+        tracing::warn!(error = %e, "cannot store last-used times at shutdown");
+    }
+    store.close().await;
     Ok(())
+}
+
+/// Writes last-used times in batches instead of once per request.
+async fn flush_last_used(auth: Arc<Auth>, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = auth.flush().await {
+            tracing::warn!(error = %e, "cannot store last-used times; will retry");
+        }
+    }
 }
 
 async fn watch_signals(shutdown: CancellationToken, admin: Arc<AdminState>) {

@@ -11,7 +11,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use custos_testkit::{CustosProcess, MockUpstream, Reply, temp_dir};
+use custos_testkit::{CustosProcess, MockUpstream, Reply, create_key, temp_dir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_custos");
 
@@ -32,6 +32,7 @@ fn write_config(dir: &std::path::Path, text: &str) -> String {
 async fn starts_on_the_embedded_default_and_serves_the_mock() {
     let dir = temp_dir("default");
     let p = serve(dir.path(), &[], &[]);
+    let key = create_key(BIN, dir.path(), "mock-*");
     let client = reqwest::Client::new();
     let health = client
         .get(format!("{}/healthz", p.admin_url()))
@@ -47,6 +48,7 @@ async fn starts_on_the_embedded_default_and_serves_the_mock() {
     assert_eq!(ready.status(), 200);
     let resp = client
         .post(format!("{}/chat/completions", p.base_url()))
+        .bearer_auth(&key)
         .header("content-type", "application/json")
         .body(r#"{"model":"mock-chat","messages":[{"role":"user","content":"ping"}]}"#)
         .send()
@@ -117,9 +119,11 @@ targets = [{ provider = "mock" }]
 "#,
     );
     let mut p = serve(dir.path(), &["--config", &config], &[]);
+    let key = create_key(BIN, dir.path(), "slow");
     let client = reqwest::Client::new();
     let resp = client
         .post(format!("{}/chat/completions", p.base_url()))
+        .bearer_auth(&key)
         .header("content-type", "application/json")
         .body(r#"{"model":"slow","stream":true,"messages":[{"role":"user","content":"a b c d e f"}]}"#)
         .send()
@@ -164,9 +168,11 @@ targets = [{ provider = "mock" }]
 "#,
     );
     let mut p = serve(dir.path(), &["--config", &config], &[]);
+    let key = create_key(BIN, dir.path(), "slow");
     let client = reqwest::Client::new();
     let resp = client
         .post(format!("{}/chat/completions", p.base_url()))
+        .bearer_auth(&key)
         .header("content-type", "application/json")
         .body(r#"{"model":"slow","stream":true,"messages":[]}"#)
         .send()
@@ -313,8 +319,10 @@ async fn provider_credentials_come_from_the_environment_and_never_reach_logs() {
         &["--config", &config],
         &[("TEST_UPSTREAM_KEY", secret)],
     );
+    let key = create_key(BIN, dir.path(), "m");
     let resp = reqwest::Client::new()
         .post(format!("{}/chat/completions", p.base_url()))
+        .bearer_auth(&key)
         .header("content-type", "application/json")
         .body(r#"{"model":"m","messages":[]}"#)
         .send()
@@ -333,8 +341,10 @@ async fn provider_credentials_come_from_the_environment_and_never_reach_logs() {
         &["--config", &config],
         &[("TEST_UPSTREAM_KEY", secret)],
     );
+    let key = create_key(BIN, dir2.path(), "m");
     let _ = reqwest::Client::new()
         .post(format!("{}/chat/completions", p.base_url()))
+        .bearer_auth(&key)
         .header("content-type", "application/json")
         .body(r#"{"model":"m","messages":[]}"#)
         .send()
@@ -342,6 +352,10 @@ async fn provider_credentials_come_from_the_environment_and_never_reach_logs() {
         .unwrap();
     let stderr = p.stderr();
     assert!(!stderr.contains(secret));
+    assert!(
+        !stderr.contains(&key),
+        "the client's API key reached the logs"
+    );
     assert!(!stderr.is_empty());
     for line in stderr.lines() {
         serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("{e}: {line}"));
