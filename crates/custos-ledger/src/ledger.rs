@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime};
 
-use custos_record::RecordBody;
+use custos_record::{MAX_RECORD_BYTES, PreEncoded, RecordBody, RecordError};
 use custos_types::Clock;
 use tokio::sync::oneshot;
 
@@ -247,7 +247,15 @@ impl Ledger {
     /// answers the last three with 503 and `Retry-After`.
     pub fn append(&self, body: RecordBody) -> Result<AppendTicket, LedgerError> {
         self.check_open()?;
-        body.validate()?;
+        // Validation and encoding happen here, on the caller's thread, in
+        // parallel; the writer only splices in `seq` and `ts`.
+        let record = PreEncoded::new(body)?;
+        if record.len() > MAX_RECORD_BYTES - 20 {
+            return Err(LedgerError::InvalidRecord(RecordError::TooLarge {
+                len: record.len(),
+                max: MAX_RECORD_BYTES,
+            }));
+        }
         let shared = &self.shared;
         if shared.depth.fetch_add(1, Relaxed) >= shared.capacity {
             shared.depth.fetch_sub(1, Relaxed);
@@ -257,7 +265,7 @@ impl Ledger {
             });
         }
         let (reply, rx) = oneshot::channel();
-        match self.send(Command::Append { body, reply }) {
+        match self.send(Command::Append { record, reply }) {
             Ok(()) => Ok(AppendTicket { rx }),
             Err(e) => {
                 shared.depth.fetch_sub(1, Relaxed);

@@ -21,8 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 use custos_merkle::{Frontier, Hash, leaf_hash};
 use custos_note::Signer;
 use custos_record::{
-    MAX_RECORD_BYTES, Record, RecordBody, RecordError, Scalar, System, Timestamp, decode,
-    encode_into,
+    MAX_RECORD_BYTES, PreEncoded, RecordBody, RecordError, Scalar, System, Timestamp, decode,
 };
 use custos_types::Clock;
 use tokio::sync::oneshot;
@@ -75,13 +74,9 @@ pub struct PurgeReport {
 type Reply<T> = oneshot::Sender<Result<T, LedgerError>>;
 
 /// A request to the writer thread.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "appends dominate the queue; boxing them would add an allocation per record"
-)]
 pub(crate) enum Command {
     Append {
-        body: RecordBody,
+        record: PreEncoded,
         reply: Reply<Appended>,
     },
     Checkpoint {
@@ -161,9 +156,9 @@ impl Writer {
             let mut handled = 0;
             while let Some(cmd) = next.take() {
                 match cmd {
-                    Command::Append { body, reply } => {
+                    Command::Append { record, reply } => {
                         self.shared.depth.fetch_sub(1, Relaxed);
-                        self.stage(body, Some(reply));
+                        self.stage(&record, Some(reply));
                     }
                     Command::Shutdown { reply } => {
                         let _ = reply.send(self.finish());
@@ -224,7 +219,7 @@ impl Writer {
 
     /// Encodes, hashes and buffers one record. It is written by the next
     /// [`commit`](Self::commit).
-    fn stage(&mut self, body: RecordBody, reply: Option<Reply<Appended>>) {
+    fn stage(&mut self, record: &PreEncoded, reply: Option<Reply<Appended>>) {
         if let Some(err) = self.unavailable() {
             if let Some(reply) = reply {
                 let _ = reply.send(Err(err));
@@ -237,9 +232,8 @@ impl Writer {
             self.seal();
         }
         let seq = self.frontier.size();
-        let record = Record { seq, ts, body };
         let start = self.buf.len();
-        encode_into(&record, &mut self.buf);
+        record.finish(seq, ts, &mut self.buf);
         let len = self.buf.len() - start;
         if len > MAX_RECORD_BYTES {
             self.buf.truncate(start);
@@ -496,8 +490,9 @@ impl Writer {
     /// Appends a record the ledger writes about itself, makes it durable,
     /// and returns its sequence number.
     fn append_own(&mut self, body: System) -> Result<u64, LedgerError> {
+        let record = PreEncoded::new(RecordBody::System(body))?;
         let (tx, mut rx) = oneshot::channel();
-        self.stage(RecordBody::System(body), Some(tx));
+        self.stage(&record, Some(tx));
         self.commit();
         if self.unsynced_since.is_some() {
             self.sync()?;

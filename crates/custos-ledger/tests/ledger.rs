@@ -431,3 +431,44 @@ async fn reader_finds_requests_and_builds_proofs_and_receipts() {
         note
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_fails_fast_with_backpressure() {
+    let tmp = TempDir::new("backpressure");
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let release_rx = std::sync::Mutex::new(release_rx);
+    let mut o = options(1);
+    o.queue_capacity = 4;
+    // Hold the writer inside its first fsync, so nothing drains the queue.
+    let first = std::sync::atomic::AtomicBool::new(true);
+    o.on_fsync = Some(std::sync::Arc::new(move |_| {
+        if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            let _ = entered_tx.send(());
+            let _ = release_rx.lock().unwrap().recv();
+        }
+    }));
+    let (ledger, _) = open(&tmp.ledger(), o, clock());
+    let held = ledger.append(request(0)).unwrap();
+    tokio::task::spawn_blocking(move || entered_rx.recv().unwrap())
+        .await
+        .unwrap();
+    let queued: Vec<_> = (1..=4)
+        .map(|i| ledger.append(request(i)).unwrap())
+        .collect();
+    assert_eq!(ledger.status().queue_depth, 4);
+    let err = ledger.append(request(5)).unwrap_err();
+    assert!(
+        matches!(err, LedgerError::Backpressure { capacity: 4 }),
+        "{err}"
+    );
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(1)));
+    assert_eq!(ledger.stats().snapshot().rejected, 1);
+    release_tx.send(()).unwrap();
+    assert_eq!(held.await.unwrap().seq, 0);
+    for (i, ticket) in queued.into_iter().enumerate() {
+        assert_eq!(ticket.await.unwrap().seq, i as u64 + 1);
+    }
+    assert_eq!(ledger.checkpoint().await.unwrap(), 5);
+    ledger.shutdown().await.unwrap();
+}

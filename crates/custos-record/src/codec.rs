@@ -60,7 +60,11 @@ pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
             max: MAX_RECORD_BYTES,
         });
     }
-    let wire: Wire = match serde_json::from_slice(bytes) {
+    // One UTF-8 check for the whole line is cheaper than one per string.
+    let text = std::str::from_utf8(bytes).map_err(|e| RecordError::Malformed {
+        reason: format!("invalid utf-8 at byte {}", e.valid_up_to()),
+    })?;
+    let wire: Wire = match serde_json::from_str(text) {
         Ok(w) => w,
         Err(e) => return Err(version_error(bytes).unwrap_or_else(|| malformed(&e))),
     };
@@ -79,6 +83,101 @@ pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
         return Err(RecordError::NonCanonical { offset });
     }
     Ok(record)
+}
+
+/// A record body encoded ahead of its `seq` and `ts`, so that callers can
+/// do the encoding (and validation) in parallel and the single writer only
+/// splices in the two values the ledger assigns.
+///
+/// [`finish`](Self::finish) produces exactly the bytes [`encode`] would
+/// for the same record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreEncoded {
+    /// Canonical bytes with `seq` 0 and `ts` at the epoch.
+    bytes: Vec<u8>,
+    /// Offset of the placeholder `0` of the top-level `seq`.
+    seq_at: usize,
+    /// Offset of the placeholder timestamp text of the top-level `ts`.
+    ts_at: usize,
+}
+
+/// The placeholder timestamp text, [`Timestamp::EPOCH`] in canonical form.
+const TS_PLACEHOLDER: &[u8] = b"1970-01-01T00:00:00.000000Z";
+
+impl PreEncoded {
+    /// Validates and encodes `body`.
+    ///
+    /// # Errors
+    ///
+    /// As [`RecordBody::validate`].
+    pub fn new(body: RecordBody) -> Result<Self, RecordError> {
+        body.validate()?;
+        let record = Record {
+            seq: 0,
+            ts: Timestamp::EPOCH,
+            body,
+        };
+        let bytes = encode(&record);
+        // Every key after the top-level `seq` and `ts` in sorted order has
+        // a fixed shape without a nested `seq` or `ts` key (only `details`
+        // and `changes` have free keys, and they sort before both), so the
+        // last occurrences are the top-level ones. Quotes inside strings
+        // are always escaped, so these patterns cannot match string data.
+        let seq_at = rfind(&bytes, b"\"seq\":0,").map(|i| i + 6);
+        let ts_at = rfind(&bytes, b"\"ts\":\"1970-01-01T00:00:00.000000Z\"").map(|i| i + 6);
+        match (seq_at, ts_at) {
+            (Some(seq_at), Some(ts_at)) if seq_at < ts_at => Ok(PreEncoded {
+                bytes,
+                seq_at,
+                ts_at,
+            }),
+            _ => Err(RecordError::Malformed {
+                reason: "encoded record lacks its seq or ts placeholder".into(),
+            }),
+        }
+    }
+
+    /// Appends the canonical encoding of the record with `seq` and `ts`
+    /// to `out`.
+    pub fn finish(&self, seq: u64, ts: Timestamp, out: &mut Vec<u8>) {
+        let (head, rest) = self.bytes.split_at(self.seq_at);
+        out.extend_from_slice(head);
+        let mut digits = [0u8; 20];
+        let mut n = seq;
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        out.extend_from_slice(&digits[i..]);
+        let (middle, tail) = rest[1..].split_at(self.ts_at - self.seq_at - 1);
+        out.extend_from_slice(middle);
+        let mut text = String::with_capacity(TS_PLACEHOLDER.len());
+        ts.write_to(&mut text);
+        out.extend_from_slice(text.as_bytes());
+        out.extend_from_slice(&tail[TS_PLACEHOLDER.len()..]);
+    }
+
+    /// The encoded length with the placeholders, a lower bound of the
+    /// final length.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Always false: an encoded record is never empty.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
+fn rfind(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).rposition(|w| w == needle)
 }
 
 fn malformed(e: &serde_json::Error) -> RecordError {

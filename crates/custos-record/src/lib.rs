@@ -58,7 +58,7 @@ mod schema;
 mod time;
 mod validate;
 
-pub use codec::{decode, encode, encode_into};
+pub use codec::{PreEncoded, decode, encode, encode_into};
 pub use error::RecordError;
 pub use receipt::Receipt;
 pub use schema::{

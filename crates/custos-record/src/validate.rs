@@ -93,7 +93,7 @@ fn text_max(field: &str, value: &str, max: usize) -> Result<(), RecordError> {
     if value.len() > max {
         return Err(invalid(field, "is too long"));
     }
-    if value.chars().any(char::is_control) {
+    if has_control(value) {
         return Err(invalid(field, "contains a control character"));
     }
     if looks_secret(value) {
@@ -108,6 +108,16 @@ fn text(field: &str, value: &str) -> Result<(), RecordError> {
 
 fn opt_text(field: &str, value: Option<&String>) -> Result<(), RecordError> {
     value.map_or(Ok(()), |v| text(field, v))
+}
+
+/// Whether `s` has a character of Unicode category Cc: C0 controls, DEL,
+/// or C1 controls (U+0080 to U+009F, encoded as `C2 80` to `C2 9F`).
+/// Byte-wise because this runs on every string of every record.
+fn has_control(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.iter().enumerate().any(|(i, &c)| {
+        c < 0x20 || c == 0x7f || (c == 0xc2 && b.get(i + 1).is_some_and(|&n| n <= 0x9f))
+    })
 }
 
 /// Catches the obvious ways a credential could slip into a string field.
@@ -272,6 +282,16 @@ fn validate_system(r: &System) -> Result<(), RecordError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_detection_matches_unicode() {
+        for c in [
+            '\0', '\n', '\u{7f}', '\u{80}', '\u{9f}', 'a', 'é', '\u{a0}', '\u{ff}', '€', '\u{2028}',
+        ] {
+            let s = format!("x{c}y");
+            assert_eq!(has_control(&s), c.is_control(), "{c:?}");
+        }
+    }
 
     #[test]
     fn names() {

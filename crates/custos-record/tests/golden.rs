@@ -10,8 +10,9 @@
 use std::collections::BTreeMap;
 
 use custos_record::{
-    Admin, AdminActor, Attempt, Change, Client, Inference, KeyActor, Record, RecordBody,
-    RecordError, Scalar, System, Target, Timestamp, Usage, UsageSource, Via, decode, encode,
+    Admin, AdminActor, Attempt, Change, Client, Inference, KeyActor, PreEncoded, Record,
+    RecordBody, RecordError, Scalar, System, Target, Timestamp, Usage, UsageSource, Via, decode,
+    encode,
 };
 use expect_test::{Expect, expect};
 
@@ -156,6 +157,20 @@ fn system() -> Record {
 
 fn check(record: &Record, want: Expect) {
     let bytes = encode(record);
+    // The writer's fast path splices seq and ts into a pre-encoded body.
+    let pre = PreEncoded::new(record.body.clone()).unwrap();
+    for seq in [record.seq, 0, 9, 10, 1_000_000, u64::MAX] {
+        let mut spliced = Vec::new();
+        pre.finish(seq, record.ts, &mut spliced);
+        let want_bytes = encode(&Record {
+            seq,
+            ..record.clone()
+        });
+        assert_eq!(
+            String::from_utf8(spliced).unwrap(),
+            String::from_utf8(want_bytes).unwrap()
+        );
+    }
     let text = std::str::from_utf8(&bytes).unwrap();
     want.assert_eq(text);
     assert_eq!(decode(&bytes).unwrap(), *record);
