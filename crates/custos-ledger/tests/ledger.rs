@@ -472,3 +472,52 @@ async fn a_full_queue_fails_fast_with_backpressure() {
     assert_eq!(ledger.checkpoint().await.unwrap(), 5);
     ledger.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_io_error_stops_the_writer_and_fails_closed() {
+    let tmp = TempDir::new("ioerror");
+    let clock = clock();
+    let mut o = options(1);
+    o.segment_max_bytes = 1024;
+    let (ledger, _) = open(&tmp.ledger(), o, clock.clone());
+    append_n(&ledger, &clock, 0, 1).await;
+    // The next segment cannot be created, so sealing the first one fails.
+    let mut blocked = 0;
+    for n in 1..20u64 {
+        let path = tmp.ledger().join(format!("segments/{n:020}.jsonl"));
+        std::os::unix::fs::symlink("/nonexistent/custos", &path).unwrap();
+        blocked = n;
+    }
+    let mut failure = None;
+    for i in 1..blocked {
+        match ledger.append(request(i)) {
+            Ok(ticket) => {
+                if let Err(e) = ticket.await {
+                    failure = Some(e);
+                    break;
+                }
+            }
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    let failure = failure.expect("sealing into an existing path must fail");
+    // The record that hit the failure, and any queued with it, are refused
+    // with the IO error itself or with the writer's unavailability.
+    assert!(
+        matches!(
+            failure,
+            LedgerError::Io { op: "create", .. } | LedgerError::Unavailable { .. }
+        ) && failure.to_string().contains("File exists"),
+        "{failure}"
+    );
+    let status = ledger.status();
+    assert!(!status.healthy);
+    assert!(status.last_error.unwrap().contains("create"));
+    let err = ledger.append(request(99)).unwrap_err();
+    assert!(matches!(err, LedgerError::Unavailable { .. }), "{err}");
+    assert!(err.retry_after().is_some());
+    assert!(ledger.checkpoint().await.is_err());
+}
