@@ -8,6 +8,7 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use custos_types::{Capability, CapabilitySet};
 use ipnet::{IpNet, Ipv4Net};
@@ -309,6 +310,72 @@ pub enum BudgetPeriod {
     Month,
 }
 
+impl BudgetPeriod {
+    /// The UTC period containing `now`: its first instant and the first
+    /// instant of the next period.
+    pub fn bounds(self, now: SystemTime) -> (SystemTime, SystemTime) {
+        const DAY: i64 = 86_400;
+        let secs = match now.duration_since(UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+        };
+        let day = secs.div_euclid(DAY);
+        let (start_day, end_day) = match self {
+            BudgetPeriod::Day => (day, day + 1),
+            BudgetPeriod::Month => {
+                let (y, m, _) = civil_from_days(day);
+                let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+                (days_from_civil(y, m, 1), days_from_civil(ny, nm, 1))
+            }
+        };
+        (at_day(start_day), at_day(end_day))
+    }
+}
+
+fn at_day(day: i64) -> SystemTime {
+    let secs = day.saturating_mul(86_400);
+    let d = Duration::from_secs(secs.unsigned_abs());
+    if secs >= 0 {
+        UNIX_EPOCH + d
+    } else {
+        UNIX_EPOCH - d
+    }
+}
+
+// Howard Hinnant's algorithms (public domain), for the proleptic Gregorian
+// calendar: <https://howardhinnant.github.io/date_algorithms.html>.
+
+/// Days since 1970-01-01 to (year, month, day).
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    // d is in 1..=31 and m in 1..=12 by construction.
+    (
+        if m <= 2 { y + 1 } else { y },
+        u32::try_from(m).unwrap_or(1),
+        u32::try_from(d).unwrap_or(1),
+    )
+}
+
+/// (year, month, day) to days since 1970-01-01.
+pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = i64::from(m);
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// A cap on tokens used per period. Enforcing it needs durable usage
 /// counters, so this crate only carries it; the store and gateway enforce it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -468,6 +535,28 @@ fn truncate(s: &str, max: usize) -> &str {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn budget_periods_follow_the_utc_calendar() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let at = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
+        // 2024-02-29T13:00:00Z, a leap day.
+        let now = at(1_709_211_600);
+        assert_eq!(
+            BudgetPeriod::Day.bounds(now),
+            (at(1_709_164_800), at(1_709_251_200))
+        );
+        // February 2024 → March 2024.
+        assert_eq!(
+            BudgetPeriod::Month.bounds(now),
+            (at(1_706_745_600), at(1_709_251_200))
+        );
+        // December rolls into January of the next year.
+        let dec = at(1_735_603_200); // 2024-12-31T00:00:00Z
+        assert_eq!(BudgetPeriod::Month.bounds(dec).1, at(1_735_689_600));
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+    }
     use super::*;
     use std::net::{Ipv4Addr, Ipv6Addr};
 

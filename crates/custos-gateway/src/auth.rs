@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use custos_auth::limit::RateDecision;
+use custos_auth::scope::BudgetPeriod;
 use custos_auth::{KeyFormatError, KeyHash, KeyHasher, KeyId, Limits, RateLimiter, Scope, key};
 use custos_types::Clock;
 use http::HeaderMap;
@@ -77,6 +78,22 @@ pub trait KeySource: Send + Sync + 'static {
         &self,
         batch: Vec<(KeyId, SystemTime)>,
     ) -> BoxFuture<'_, Result<(), String>>;
+    /// Tokens a key has used in the budget period containing now.
+    fn usage_in_period(
+        &self,
+        key: KeyId,
+        period: BudgetPeriod,
+    ) -> BoxFuture<'_, Result<u64, String>>;
+    /// Adds token usage: (key, when, tokens), one batch at a time.
+    fn add_usage(&self, batch: Vec<(KeyId, SystemTime, u64)>) -> BoxFuture<'_, Result<(), String>>;
+}
+
+/// A key's token use in its current budget period.
+#[derive(Debug, Clone, Copy)]
+struct BudgetState {
+    start: SystemTime,
+    end: SystemTime,
+    used: u64,
 }
 
 /// Why a caller was not authenticated (401), or could not be checked (503).
@@ -101,6 +118,14 @@ pub enum AuthError {
     /// An old secret whose rotation grace period is over.
     #[error("this secret was rotated and its grace period is over; use the new secret")]
     RotatedOut,
+    /// The key's token budget for the period is spent.
+    #[error("the token budget of this key is spent until {}", humantime::format_rfc3339_seconds(*.resets_at))]
+    BudgetExceeded {
+        /// When the next period starts.
+        resets_at: SystemTime,
+        /// Seconds until then, for `Retry-After`.
+        retry_after_secs: u64,
+    },
     /// The key store could not be read, so the key cannot be checked.
     #[error("keys cannot be checked right now; retry shortly")]
     Unavailable,
@@ -116,6 +141,7 @@ impl AuthError {
             AuthError::Revoked => "revoked_api_key",
             AuthError::Expired => "expired_api_key",
             AuthError::RotatedOut => "key_rotated",
+            AuthError::BudgetExceeded { .. } => "budget_exceeded",
             AuthError::Unavailable => "key_store_unavailable",
         }
     }
@@ -159,6 +185,9 @@ pub struct Auth {
     loaded: AtomicU64,
     limiter: RateLimiter,
     last_used: Mutex<HashMap<KeyId, SystemTime>>,
+    budgets: Mutex<HashMap<KeyId, BudgetState>>,
+    /// Usage not yet written to the store, by key and UTC day.
+    pending_usage: Mutex<HashMap<(KeyId, SystemTime), u64>>,
     clock: Arc<dyn Clock>,
     policy: RotationPolicy,
 }
@@ -189,6 +218,8 @@ impl Auth {
             loaded: AtomicU64::new(0),
             limiter: RateLimiter::new(),
             last_used: Mutex::new(HashMap::new()),
+            budgets: Mutex::new(HashMap::new()),
+            pending_usage: Mutex::new(HashMap::new()),
             clock,
             policy,
         }))
@@ -261,10 +292,81 @@ impl Auth {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(entry.key.id, now);
+        if let Some(budget) = entry.key.scope.budget {
+            self.load_budget(entry.key.id, budget.period, now).await?;
+        }
         Ok(Principal {
             key: entry.key.clone(),
             rotation_due,
         })
+    }
+
+    /// Makes sure the key's usage for the current period is known, reading
+    /// it from the store at the first request of a period.
+    async fn load_budget(
+        &self,
+        key: KeyId,
+        period: BudgetPeriod,
+        now: SystemTime,
+    ) -> Result<(), AuthError> {
+        let (start, end) = period.bounds(now);
+        let known = self
+            .budgets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .is_some_and(|b| b.start == start);
+        if known {
+            return Ok(());
+        }
+        let stored = self
+            .source
+            .usage_in_period(key, period)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot read token usage for a budgeted key");
+                AuthError::Unavailable
+            })?;
+        // Usage recorded here but not yet flushed counts too.
+        let pending: u64 = self
+            .pending_usage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|((k, day), _)| *k == key && *day >= start)
+            .map(|(_, n)| *n)
+            .sum();
+        self.budgets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                key,
+                BudgetState {
+                    start,
+                    end,
+                    used: stored + pending,
+                },
+            );
+        Ok(())
+    }
+
+    /// Refuses a key whose token budget for the period is spent.
+    pub fn check_budget(&self, key: &KeyEntry) -> Result<(), AuthError> {
+        let Some(budget) = key.scope.budget else {
+            return Ok(());
+        };
+        let now = self.clock.now();
+        let budgets = self.budgets.lock().unwrap_or_else(|e| e.into_inner());
+        match budgets.get(&key.id) {
+            Some(state) if state.used >= budget.tokens && now < state.end => {
+                let wait = state.end.duration_since(now).unwrap_or_default();
+                Err(AuthError::BudgetExceeded {
+                    resets_at: state.end,
+                    retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Takes one request from the key's per-minute budget.
@@ -284,16 +386,53 @@ impl Auth {
         if n > 0 {
             self.source.record_last_used(batch).await?;
         }
+        let usage: Vec<(KeyId, SystemTime, u64)> = {
+            let mut map = self.pending_usage.lock().unwrap_or_else(|e| e.into_inner());
+            map.drain().map(|((k, day), n)| (k, day, n)).collect()
+        };
+        if !usage.is_empty()
+            && let Err(e) = self.source.add_usage(usage.clone()).await
+        {
+            // Put it back: usage is kept until it is stored.
+            let mut map = self.pending_usage.lock().unwrap_or_else(|e| e.into_inner());
+            for (k, day, n) in usage {
+                *map.entry((k, day)).or_default() += n;
+            }
+            return Err(e);
+        }
+        // Forget budget states of past periods.
+        let now = self.clock.now();
+        self.budgets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, b| b.end > now);
         Ok(n)
     }
 }
 
 impl OutcomeSink for Auth {
     fn record(&self, outcome: RequestOutcome) {
-        if let (Some(actor), Some(usage)) = (&outcome.actor, outcome.usage) {
-            self.limiter
-                .record_tokens(&actor.key_id, usage.total_tokens, Instant::now());
+        let (Some(actor), Some(usage)) = (&outcome.actor, outcome.usage) else {
+            return;
+        };
+        let tokens = usage.total_tokens;
+        self.limiter
+            .record_tokens(&actor.key_id, tokens, Instant::now());
+        if let Some(state) = self
+            .budgets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&actor.key_id)
+        {
+            state.used = state.used.saturating_add(tokens);
         }
+        let day = BudgetPeriod::Day.bounds(self.clock.now()).0;
+        *self
+            .pending_usage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((actor.key_id, day))
+            .or_default() += tokens;
     }
 }
 

@@ -128,6 +128,9 @@ impl GatewayError {
             GatewayError::Unauthenticated(crate::auth::AuthError::Unavailable) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            GatewayError::Unauthenticated(crate::auth::AuthError::BudgetExceeded { .. }) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             GatewayError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -160,6 +163,9 @@ impl GatewayError {
         match self {
             GatewayError::Unauthenticated(crate::auth::AuthError::Unavailable) => {
                 return "server_error";
+            }
+            GatewayError::Unauthenticated(crate::auth::AuthError::BudgetExceeded { .. }) => {
+                return "rate_limit_error";
             }
             GatewayError::Unauthenticated(_) => return "authentication_error",
             GatewayError::Forbidden(_) => return "permission_error",
@@ -245,6 +251,12 @@ impl IntoResponse for GatewayError {
             | GatewayError::AuditUnavailable(_)
             | GatewayError::Unauthenticated(crate::auth::AuthError::Unavailable) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            GatewayError::Unauthenticated(crate::auth::AuthError::BudgetExceeded {
+                retry_after_secs,
+                ..
+            }) => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             GatewayError::Unauthenticated(_) => {
                 headers.insert(

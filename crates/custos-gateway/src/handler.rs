@@ -187,6 +187,8 @@ impl Access<'_> {
                 client_ip: self.client_ip,
             })
             .map_err(GatewayError::Forbidden)?;
+        auth.check_budget(&principal.key)
+            .map_err(GatewayError::Unauthenticated)?;
         let decision = auth.check_rate(&principal.key.id, scope.limits());
         self.rate = Some(decision);
         match decision.refusal {

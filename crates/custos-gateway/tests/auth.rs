@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use common::{TestGateway, chat, error_of};
-use custos_auth::scope::{CidrScope, ModelScope};
+use custos_auth::scope::{BudgetPeriod, CidrScope, ModelScope, TokenBudget};
 use custos_auth::{KeyHasher, KeyId, Scope};
 use custos_gateway::auth::BoxFuture;
 use custos_gateway::{Auth, KeyEntry, KeySnapshot, KeySource, RotationPolicy, SecretEntry};
@@ -31,6 +31,8 @@ struct MemorySource {
     snapshot: Mutex<KeySnapshot>,
     changed: AtomicBool,
     loads: AtomicUsize,
+    stored_usage: Mutex<u64>,
+    added: Mutex<Vec<(KeyId, SystemTime, u64)>>,
 }
 
 impl KeySource for MemorySource {
@@ -42,6 +44,18 @@ impl KeySource for MemorySource {
         self.loads.fetch_add(1, Ordering::SeqCst);
         let snap = self.snapshot.lock().unwrap().clone();
         Box::pin(async move { Ok(snap) })
+    }
+    fn usage_in_period(
+        &self,
+        _key: KeyId,
+        _period: BudgetPeriod,
+    ) -> BoxFuture<'_, Result<u64, String>> {
+        let n = *self.stored_usage.lock().unwrap();
+        Box::pin(async move { Ok(n) })
+    }
+    fn add_usage(&self, batch: Vec<(KeyId, SystemTime, u64)>) -> BoxFuture<'_, Result<(), String>> {
+        self.added.lock().unwrap().extend(batch);
+        Box::pin(async { Ok(()) })
     }
     fn record_last_used(
         &self,
@@ -60,6 +74,7 @@ impl MemorySource {
 
 struct Fixture {
     gw: TestGateway,
+    auth: Arc<Auth>,
     source: Arc<MemorySource>,
     hasher: KeyHasher,
     clock: Arc<ManualClock>,
@@ -86,6 +101,8 @@ async fn fixture() -> Fixture {
         snapshot: Mutex::new(KeySnapshot::default()),
         changed: AtomicBool::new(false),
         loads: AtomicUsize::new(0),
+        stored_usage: Mutex::new(0),
+        added: Mutex::new(Vec::new()),
     });
     let clock = Arc::new(ManualClock::new(
         SystemTime::UNIX_EPOCH + Duration::from_secs(T0),
@@ -98,9 +115,10 @@ async fn fixture() -> Fixture {
     )
     .await
     .unwrap();
-    let gw = TestGateway::start_with_auth(&config(&up.base_url()), Some(auth)).await;
+    let gw = TestGateway::start_with_auth(&config(&up.base_url()), Some(auth.clone())).await;
     Fixture {
         gw,
+        auth,
         source,
         hasher,
         clock,
@@ -481,4 +499,61 @@ async fn random_strings_never_authenticate() {
         let resp = f.call(&s, &gpt4o(false)).await;
         assert_eq!(resp.status(), 401, "{s}");
     }
+}
+
+#[tokio::test]
+async fn token_budgets_refuse_once_spent_and_count_stored_usage() {
+    let mut f = fixture().await;
+    let budget = Some(TokenBudget {
+        tokens: 30,
+        period: BudgetPeriod::Day,
+    });
+    let (id, secret) = f.key(Scope {
+        budget,
+        ..scope("gpt-4o")
+    });
+    // 18 tokens per answer: the first two fit, the third finds 36 >= 30.
+    assert_eq!(f.call(&secret, &gpt4o(false)).await.status(), 200);
+    f.gw.outcomes.wait(1).await;
+    assert_eq!(f.call(&secret, &gpt4o(false)).await.status(), 200);
+    f.gw.outcomes.wait(2).await;
+    let resp = f.call(&secret, &gpt4o(false)).await;
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry > 0 && retry <= 86_400, "{retry}");
+    let err = error_of(resp, 429).await;
+    assert_eq!(err["code"], "budget_exceeded");
+    // Usage is written in batches, per key and day.
+    f.auth.flush().await.unwrap();
+    let added = f.source.added.lock().unwrap().clone();
+    assert_eq!(
+        added
+            .iter()
+            .filter(|(k, _, _)| *k == id)
+            .map(|(_, _, n)| n)
+            .sum::<u64>(),
+        36
+    );
+    // The next day the budget starts over.
+    f.clock.advance(Duration::from_secs(86_400));
+    assert_eq!(f.call(&secret, &gpt4o(false)).await.status(), 200);
+}
+
+#[tokio::test]
+async fn usage_already_stored_counts_against_the_budget() {
+    let mut f = fixture().await;
+    *f.source.stored_usage.lock().unwrap() = 40;
+    let budget = Some(TokenBudget {
+        tokens: 30,
+        period: BudgetPeriod::Month,
+    });
+    let (_, secret) = f.key(Scope {
+        budget,
+        ..scope("gpt-4o")
+    });
+    let err = error_of(f.call(&secret, &gpt4o(false)).await, 429).await;
+    assert_eq!(err["code"], "budget_exceeded");
 }

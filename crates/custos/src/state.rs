@@ -10,9 +10,10 @@ use std::time::SystemTime;
 
 use anyhow::{Context as _, bail};
 use custos_auth::KeyId;
+use custos_auth::scope::BudgetPeriod;
 use custos_gateway::auth::BoxFuture;
 use custos_gateway::{KeyEntry, KeySnapshot, KeySource, SecretEntry};
-use custos_store::{ChangeWatcher, KeyMinter, Store, StoreOptions};
+use custos_store::{ChangeWatcher, KeyMinter, Store, StoreOptions, UsageDelta};
 use rand::RngCore as _;
 use secrecy::SecretSlice;
 
@@ -139,6 +140,35 @@ impl KeySource for StoreKeySource {
                 );
             }
             Ok(KeySnapshot { secrets })
+        })
+    }
+
+    fn usage_in_period(
+        &self,
+        key: KeyId,
+        period: BudgetPeriod,
+    ) -> BoxFuture<'_, Result<u64, String>> {
+        Box::pin(async move {
+            self.store
+                .keys()
+                .usage_in_period(&key, period)
+                .await
+                .map(|u| u.tokens)
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn add_usage(&self, batch: Vec<(KeyId, SystemTime, u64)>) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let deltas: Vec<UsageDelta> = batch
+                .into_iter()
+                .map(|(key_id, at, tokens)| UsageDelta { key_id, at, tokens })
+                .collect();
+            self.store
+                .keys()
+                .add_usage(&deltas)
+                .await
+                .map_err(|e| e.to_string())
         })
     }
 
