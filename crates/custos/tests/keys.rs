@@ -224,6 +224,21 @@ async fn scopes_from_the_cli_are_enforced() {
         (403, Some("cidr_not_allowed"))
     );
 
+    // A daily token budget: each mock answer uses about 20 tokens.
+    let budgeted = secret_of(&keys(
+        dir.path(),
+        &[
+            "create", "--name", "budget", "--models", "*", "--budget", "30/day",
+        ],
+    ));
+    assert_eq!(chat(&p, &budgeted, "mock-chat").await.0, 200);
+    assert_eq!(chat(&p, &budgeted, "mock-chat").await.0, 200);
+    let (status, body) = chat(&p, &budgeted, "mock-chat").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (429, Some("budget_exceeded"))
+    );
+
     let limited = secret_of(&keys(
         dir.path(),
         &["create", "--name", "slow", "--models", "*", "--rpm", "1"],
