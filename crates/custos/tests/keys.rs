@@ -102,6 +102,26 @@ async fn a_key_created_by_the_cli_works_and_its_revocation_applies_at_once() {
     );
 
     assert_eq!(chat(&p, &secret, "mock-chat").await.0, 200);
+
+    // Another key hammers the same node while the revocation lands.
+    let other = secret_of(&keys(
+        dir.path(),
+        &["create", "--name", "busy", "--models", "mock-chat"],
+    ));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let p = std::sync::Arc::new(p);
+    let mut hammers = Vec::new();
+    for _ in 0..4 {
+        let (p, other, stop) = (p.clone(), other.clone(), stop.clone());
+        hammers.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                assert_eq!(chat(&p, &other, "mock-chat").await.0, 200);
+                n += 1;
+            }
+            n
+        }));
+    }
     keys(
         dir.path(),
         &["revoke", &id, "--reason", "leaked in a ticket"],
@@ -109,6 +129,10 @@ async fn a_key_created_by_the_cli_works_and_its_revocation_applies_at_once() {
     let (status, body) = chat(&p, &secret, "mock-chat").await;
     assert_eq!(status, 401);
     assert_eq!(body["error"]["code"], "revoked_api_key");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for h in hammers {
+        assert!(h.await.unwrap() > 0);
+    }
 
     // The secret is stored only as a hash.
     let db = std::fs::read(dir.path().join("custos.db")).unwrap();
@@ -327,4 +351,26 @@ async fn list_show_update_and_errors() {
     assert!(err.contains("revoked"), "{err}");
     let err = keys_fail(dir.path(), &["rotate", id]);
     assert!(err.contains("revoked"), "{err}");
+}
+
+#[test]
+fn a_corrupt_database_is_a_clear_error_not_a_panic() {
+    let dir = temp_dir("keys-corrupt");
+    std::fs::write(
+        dir.path().join("custos.db"),
+        b"this is not a database, just text\n",
+    )
+    .unwrap();
+    let err = keys_fail(dir.path(), &["list"]);
+    assert!(err.contains("is not a database"), "{err}");
+    let out = Command::new(BIN)
+        .args(["serve", "--data-dir", dir.path().to_str().unwrap()])
+        .env("CUSTOS_LISTEN", "127.0.0.1:0")
+        .env("CUSTOS_ADMIN_LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is not a database"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
