@@ -3,6 +3,7 @@
 
 #![allow(clippy::print_stdout, reason = "a CLI writes its results to stdout")]
 
+mod audit_cmd;
 mod keys_cmd;
 mod serve;
 mod state;
@@ -39,6 +40,9 @@ enum Command {
     /// Scoped API keys: create, list, show, update, rotate, revoke.
     #[command(subcommand)]
     Keys(keys_cmd::KeysCommand),
+    /// The audit ledger: verify, prove, export, read (read-only).
+    #[command(subcommand)]
+    Audit(audit_cmd::AuditCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -66,6 +70,10 @@ fn main() -> ExitCode {
             print!("{}", custos_config::DEFAULT_CONFIG);
             Ok(())
         }
+        Command::Audit(cmd) => load_config(cli.config.as_deref()).and_then(|config| {
+            let data_dir = data_dir(cli.data_dir, &config);
+            audit_cmd::run(&data_dir, cmd)
+        }),
         Command::Keys(cmd) => load_config(cli.config.as_deref()).and_then(|config| {
             let data_dir = data_dir(cli.data_dir, &config);
             keys_cmd::run(&data_dir, &config.keys, cmd)
