@@ -73,16 +73,48 @@ pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
     }
     let record = wire.into_record()?;
     record.body.validate()?;
-    let again = encode(&record);
-    if again != bytes {
-        let offset = again
-            .iter()
-            .zip(bytes)
-            .position(|(a, b)| a != b)
-            .unwrap_or(again.len().min(bytes.len()));
-        return Err(RecordError::NonCanonical { offset });
+    // Re-encode into a writer that compares as it goes, instead of
+    // allocating the canonical form and comparing afterwards.
+    let mut check = Compare {
+        expected: bytes,
+        at: 0,
+        mismatch: None,
+    };
+    let mut ser = serde_json::Serializer::new(&mut check);
+    // The comparing writer never fails; a mismatch is recorded instead.
+    let _ = Canonical(&record).serialize(&mut ser);
+    match check.mismatch {
+        None if check.at == bytes.len() => Ok(record),
+        None => Err(RecordError::NonCanonical { offset: check.at }),
+        Some(offset) => Err(RecordError::NonCanonical { offset }),
     }
-    Ok(record)
+}
+
+/// A writer that checks its input equals `expected`, remembering the
+/// offset of the first difference.
+struct Compare<'a> {
+    expected: &'a [u8],
+    at: usize,
+    mismatch: Option<usize>,
+}
+
+impl std::io::Write for Compare<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.mismatch.is_none() {
+            let rest = &self.expected[self.at.min(self.expected.len())..];
+            if rest.starts_with(buf) {
+                self.at += buf.len();
+            } else {
+                let same = rest.iter().zip(buf).take_while(|(a, b)| a == b).count();
+                self.mismatch = Some(self.at + same);
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A record body encoded ahead of its `seq` and `ts`, so that callers can

@@ -439,7 +439,16 @@ impl Run<'_> {
                 ));
             }
             if end > 0 {
-                for line in data[..end - 1].split(|&b| b == b'\n') {
+                let body = &data[..end - 1];
+                let mut from = 0;
+                let lines = memchr::memchr_iter(b'\n', body)
+                    .chain(std::iter::once(body.len()))
+                    .map(|nl| {
+                        let line = &body[from..nl];
+                        from = nl + 1;
+                        line
+                    });
+                for line in lines {
                     let seq = frontier.size();
                     let here = |kind| problem(Some(rel.clone()), Some(seq), kind);
                     let record = decode(line).map_err(|e| {
