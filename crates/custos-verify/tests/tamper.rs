@@ -433,3 +433,23 @@ fn receipts_and_consistency_proofs_verify_and_detect_tampering() {
     bad[0][0] ^= 1;
     assert!(verify_consistency(&old, &new, &bad, &[key]).is_err());
 }
+
+#[test]
+fn a_deleted_seal_checkpoint_is_found() {
+    let (_tmp, dir, key) = fixture("seal");
+    let segs = segments(&dir);
+    let boundary: u64 = segs[1]
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    fs::remove_file(dir.join(format!("checkpoints/{boundary:020}.note"))).unwrap();
+    let p = problem(&dir, &key);
+    assert_eq!(
+        p.kind,
+        ProblemKind::MissingSealCheckpoint { size: boundary }
+    );
+    assert_eq!(p.file.unwrap(), rel(&dir, &segs[0]));
+}
