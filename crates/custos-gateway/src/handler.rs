@@ -76,7 +76,14 @@ pub(crate) async fn handle(State(gw): State<Arc<Gateway>>, req: Request) -> Resp
         client_ip,
         rate: None,
     };
-    let mut response = match route(&parts.method, parts.uri.path()) {
+    let route = route(&parts.method, parts.uri.path());
+    // Named before authentication, so refusals are recorded with it too.
+    guard.get_mut().endpoint = match &route {
+        Ok(Route::Inference(endpoint)) => endpoint.as_str(),
+        Ok(Route::ListModels | Route::GetModel(_)) => "models",
+        Err(_) => "other",
+    };
+    let mut response = match route {
         Err(e) => fail(guard, e).await,
         Ok(_) if let Some(Err(e)) = gw.audit.as_ref().map(|a| a.ready()) => {
             // Fail closed: nothing is served that cannot be recorded.

@@ -3,6 +3,7 @@
 
 #![allow(clippy::print_stdout, reason = "a CLI writes its results to stdout")]
 
+mod audit;
 mod audit_cmd;
 mod keys_cmd;
 mod serve;

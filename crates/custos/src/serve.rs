@@ -16,9 +16,11 @@ use custos_auth::KeyHasher;
 use custos_config::{Config, CredentialSource, ProviderKind};
 use custos_gateway::{Auth, Gateway, LogSink, RotationPolicy};
 use custos_providers::Provider;
+use custos_record::{Scalar, System};
 use custos_types::SecretString;
 use custos_types::SystemClock;
 use prometheus_client::registry::Registry;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -33,7 +35,11 @@ pub fn run(config_file: Option<&Path>, data_dir: Option<PathBuf>) -> anyhow::Res
         .thread_name("custos")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config, data_dir, providers))
+    let source = config_file.map_or_else(
+        || "embedded default".to_owned(),
+        |p| p.display().to_string(),
+    );
+    runtime.block_on(serve(&source, config, data_dir, providers))
 }
 
 /// Creates the data directory (0700), or restricts an existing one to 0700.
@@ -137,6 +143,7 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 }
 
 async fn serve(
+    config_source: &str,
     config: Config,
     data_dir: PathBuf,
     providers: HashMap<String, Arc<Provider>>,
@@ -158,6 +165,78 @@ async fn serve(
     .map_err(|e| anyhow::anyhow!("cannot load API keys: {e}"))?;
     tokio::spawn(flush_last_used(auth.clone(), config.keys.last_used_flush));
 
+    // The audit ledger. A ledger that cannot be opened does not stop the
+    // server: every request is refused with 503 and the reason (fail
+    // closed), and /readyz says why. Another writer holding it is a
+    // configuration mistake and does stop the server.
+    let handle = tokio::runtime::Handle::current();
+    let opened = {
+        let (config, dir) = (config.clone(), data_dir.clone());
+        tokio::task::spawn_blocking(move || crate::audit::open(&config, &dir, handle))
+            .await
+            .context("the ledger open task failed")?
+    };
+    let ledger = match opened {
+        Ok((ledger, report)) => {
+            let ledger = Arc::new(ledger);
+            if let Err(e) = crate::audit::record_recovery(&ledger, &report).await {
+                tracing::error!(error = %e, "cannot record the ledger recovery");
+            }
+            Ok((ledger, report))
+        }
+        Err(e) => {
+            if let Some(custos_ledger::LedgerError::Locked { .. }) = e.downcast_ref() {
+                return Err(e.context("another custos process is writing this ledger"));
+            }
+            tracing::error!(error = %format!("{e:#}"), "the audit ledger cannot be opened; refusing traffic");
+            Err(format!("{e:#}"))
+        }
+    };
+    let audit = crate::audit::LedgerAudit::new(
+        ledger
+            .as_ref()
+            .map(|(l, _)| l.clone())
+            .map_err(Clone::clone),
+        &config,
+    );
+    if config.ledger.fail_open {
+        tracing::warn!(
+            "ledger.fail_open is ON: requests are served even when they cannot be recorded"
+        );
+    }
+    if let Ok((ledger, report)) = &ledger {
+        let started = System::new("server.started")
+            .with("version", env!("CARGO_PKG_VERSION"))
+            .with("config", config_source.to_owned())
+            .with(
+                "durability",
+                match config.ledger.durability {
+                    custos_config::Durability::Sync => "sync",
+                    custos_config::Durability::Batched { .. } => "batched",
+                },
+            )
+            .with("fail_open", config.ledger.fail_open)
+            .with(
+                "retention_days",
+                Scalar::count(config.ledger.retention.as_secs() / 86_400),
+            )
+            .with("models", Scalar::count(config.models.len() as u64))
+            .with("tree_size", Scalar::count(report.tree_size));
+        crate::audit::system(ledger, started)
+            .await
+            .context("cannot record server.started in the ledger")?;
+        tokio::spawn(crate::audit::drain_outbox(
+            store.clone(),
+            ledger.clone(),
+            Duration::from_secs(1),
+        ));
+        tokio::spawn(crate::audit::report_unrecorded(
+            audit.clone(),
+            Duration::from_secs(10),
+        ));
+        tokio::spawn(purge_expired(ledger.clone(), config.ledger.retention));
+    }
+
     let mut registry = Registry::default();
     let gateway = Gateway::new(
         &config,
@@ -165,7 +244,7 @@ async fn serve(
         &mut registry,
         custos_gateway::Hooks {
             auth: Some(auth.clone()),
-            audit: None,
+            audit: Some(audit.clone()),
             sinks: vec![Arc::new(LogSink)],
         },
     );
@@ -229,8 +308,36 @@ async fn serve(
     if let Err(e) = auth.flush().await {
         tracing::warn!(error = %e, "cannot store last-used times at shutdown");
     }
+    if let Ok((ledger, _)) = &ledger {
+        let mut already = std::collections::HashSet::new();
+        if let Err(e) = crate::audit::drain_once(&store, ledger, &mut already).await {
+            tracing::warn!(error = %e, "cannot drain the outbox at shutdown; it drains at next start");
+        }
+        if let Err(e) = crate::audit::system(ledger, System::new("server.stopped")).await {
+            tracing::warn!(error = %e, "cannot record server.stopped");
+        }
+        match ledger.shutdown().await {
+            Ok(size) => tracing::info!(tree_size = size, "ledger closed with a final checkpoint"),
+            Err(e) => tracing::error!(error = %e, "ledger shutdown failed"),
+        }
+    }
     store.close().await;
     Ok(())
+}
+
+/// Removes sealed segments past retention, hourly; the ledger records each
+/// purge itself.
+async fn purge_expired(ledger: Arc<custos_ledger::Ledger>, retention: Duration) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let Some(cutoff) = std::time::SystemTime::now().checked_sub(retention) else {
+            continue;
+        };
+        if let Err(e) = ledger.purge_before(cutoff).await {
+            tracing::warn!(error = %e, "retention purge failed; will retry");
+        }
+    }
 }
 
 /// Writes last-used times in batches instead of once per request.

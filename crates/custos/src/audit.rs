@@ -1,0 +1,525 @@
+//! The ledger as the server uses it: opening it from the configuration,
+//! the gateway's audit sink (fail closed, bounded recording of
+//! unauthenticated refusals), system events, and the outbox drain that
+//! brings key lifecycle events written by other processes into the log.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use custos_config::{Config, LedgerSink};
+use custos_gateway::audit::to_record;
+use custos_gateway::auth::BoxFuture;
+use custos_gateway::{AuditSink, AuditUnavailable, RequestOutcome};
+use custos_ledger::{CheckpointSink, DirSink, Ledger, LedgerError, LedgerOptions, RecoveryReport};
+use custos_record::{Admin, AdminActor, Change, RecordBody, Scalar, System, Target, Via};
+use custos_store::{ActorKind, Store};
+use custos_types::SystemClock;
+use std::io::Write as _;
+use std::sync::Mutex;
+
+/// The ledger directory inside the data directory.
+pub const LEDGER_DIR: &str = "ledger";
+
+/// A stable, random identifier of this installation, created once.
+fn install_id(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("install-id");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let id = text.trim().to_owned();
+        if !id.is_empty() {
+            return Ok(id);
+        }
+    }
+    let mut bytes = [0u8; 8];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+    let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(id.as_bytes())?;
+    Ok(id)
+}
+
+/// Publishes each checkpoint by HTTP POST, from the ledger's sink thread.
+struct HttpSink {
+    url: String,
+    name: String,
+    client: reqwest::Client,
+    runtime: tokio::runtime::Handle,
+}
+
+impl CheckpointSink for HttpSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn publish(&mut self, size: u64, note: &str) -> Result<(), String> {
+        let request = self
+            .client
+            .post(&self.url)
+            .header("content-type", "text/plain; charset=utf-8")
+            .header("x-custos-tree-size", size.to_string())
+            .body(note.to_owned())
+            .timeout(Duration::from_secs(10));
+        // The sink thread is not a runtime thread, so blocking on the
+        // runtime's handle is allowed here.
+        let status = self
+            .runtime
+            .block_on(request.send())
+            .map_err(|e| e.without_url().to_string())?
+            .status();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("HTTP {status}"))
+        }
+    }
+}
+
+/// Opens `<data_dir>/ledger` as configured.
+pub fn open(
+    config: &Config,
+    data_dir: &Path,
+    runtime: tokio::runtime::Handle,
+) -> anyhow::Result<(Ledger, RecoveryReport)> {
+    let l = &config.ledger;
+    let origin = match &l.origin {
+        Some(o) => o.clone(),
+        None => format!("custos.local/{}", install_id(data_dir)?),
+    };
+    let mut options = LedgerOptions::new(origin);
+    options.durability = match l.durability {
+        custos_config::Durability::Sync => custos_ledger::Durability::Sync,
+        custos_config::Durability::Batched { window } => {
+            custos_ledger::Durability::Batched { max_delay: window }
+        }
+    };
+    options.checkpoint_every_records = l.checkpoint_every_records;
+    options.checkpoint_every = l.checkpoint_interval;
+    options.segment_max_bytes = l.segment_max_size;
+    options.segment_max_age = l.segment_max_age;
+    for sink in &l.sinks {
+        let sink: Box<dyn CheckpointSink> = match sink {
+            LedgerSink::Directory(dir) => Box::new(DirSink::new(dir.clone())),
+            LedgerSink::Http(url) => Box::new(HttpSink {
+                url: url.clone(),
+                name: format!("http:{url}"),
+                client: reqwest::Client::new(),
+                runtime: runtime.clone(),
+            }),
+        };
+        options.sinks.push(sink);
+    }
+    let ledger = Ledger::open(&data_dir.join(LEDGER_DIR), options, Arc::new(SystemClock))?;
+    Ok(ledger)
+}
+
+/// The gateway's audit sink over the ledger.
+pub struct LedgerAudit {
+    ledger: Option<Arc<Ledger>>,
+    /// Why the ledger could not be opened, when it could not.
+    open_error: Option<String>,
+    fail_open: bool,
+    unauthenticated: Mutex<Bucket>,
+    /// Refusals before authentication not recorded because of the bound.
+    unrecorded: AtomicU64,
+}
+
+/// A simple token bucket for the unauthenticated-recording bound.
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let burst = self.rate * 10.0;
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl LedgerAudit {
+    /// A sink over `ledger`, or over the error that kept it from opening
+    /// (every request is then refused with that reason, unless fail-open).
+    pub fn new(ledger: Result<Arc<Ledger>, String>, config: &Config) -> Arc<Self> {
+        let rate = f64::from(config.ledger.unauthenticated_records_per_second);
+        let (ledger, open_error) = match ledger {
+            Ok(l) => (Some(l), None),
+            Err(e) => (None, Some(e)),
+        };
+        Arc::new(LedgerAudit {
+            ledger,
+            open_error,
+            fail_open: config.ledger.fail_open,
+            unauthenticated: Mutex::new(Bucket {
+                rate,
+                tokens: rate * 10.0,
+                at: Instant::now(),
+            }),
+            unrecorded: AtomicU64::new(0),
+        })
+    }
+
+    /// The ledger, when it is open.
+    pub fn ledger(&self) -> Option<&Arc<Ledger>> {
+        self.ledger.as_ref()
+    }
+
+    /// Takes the count of unrecorded unauthenticated refusals since the
+    /// last call.
+    pub fn take_unrecorded(&self) -> u64 {
+        self.unrecorded.swap(0, Ordering::SeqCst)
+    }
+
+    fn unavailable(&self) -> Option<String> {
+        match &self.ledger {
+            None => Some(
+                self.open_error
+                    .clone()
+                    .unwrap_or_else(|| "the ledger is not open".into()),
+            ),
+            Some(l) => {
+                let status = l.status();
+                if status.healthy {
+                    None
+                } else {
+                    Some(
+                        status
+                            .last_error
+                            .unwrap_or_else(|| "the ledger writer stopped".into()),
+                    )
+                }
+            }
+        }
+    }
+}
+
+impl AuditSink for LedgerAudit {
+    fn ready(&self) -> Result<(), AuditUnavailable> {
+        match self.unavailable() {
+            Some(reason) if !self.fail_open => Err(AuditUnavailable(reason)),
+            _ => Ok(()),
+        }
+    }
+
+    fn submit(&self, outcome: &RequestOutcome) -> BoxFuture<'static, Result<(), AuditUnavailable>> {
+        // Refusals before authentication are recorded up to a rate, so a
+        // flood of garbage cannot fill the disk; the rest are counted and
+        // summarised in a system record.
+        if outcome.actor.is_none()
+            && !self
+                .unauthenticated
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+        {
+            self.unrecorded.fetch_add(1, Ordering::Relaxed);
+            return Box::pin(async { Ok(()) });
+        }
+        let fail_open = self.fail_open;
+        let Some(ledger) = &self.ledger else {
+            let reason = self.unavailable().unwrap_or_default();
+            return Box::pin(async move {
+                if fail_open {
+                    Ok(())
+                } else {
+                    Err(AuditUnavailable(reason))
+                }
+            });
+        };
+        match ledger.append(RecordBody::Inference(to_record(outcome))) {
+            Ok(ticket) => Box::pin(async move {
+                match ticket.await {
+                    Ok(_) => Ok(()),
+                    Err(e) if fail_open => {
+                        tracing::error!(error = %e, "audit record lost (fail-open is on)");
+                        Ok(())
+                    }
+                    Err(e) => Err(AuditUnavailable(e.to_string())),
+                }
+            }),
+            Err(e) if fail_open => {
+                tracing::error!(error = %e, "audit record lost (fail-open is on)");
+                Box::pin(async { Ok(()) })
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                Box::pin(async move { Err(AuditUnavailable(reason)) })
+            }
+        }
+    }
+}
+
+/// Appends a system record and waits until it is durable.
+pub async fn system(ledger: &Ledger, record: System) -> Result<(), LedgerError> {
+    ledger.append(RecordBody::System(record))?.await.map(|_| ())
+}
+
+/// Records how the last run ended and what recovery did.
+pub async fn record_recovery(ledger: &Ledger, report: &RecoveryReport) -> Result<(), LedgerError> {
+    if report.created || !report.was_unclean() {
+        return Ok(());
+    }
+    let mut rec = System::new("ledger.recovered")
+        .with("tree_size", Scalar::count(report.tree_size))
+        .with("checkpoint_size", Scalar::count(report.checkpoint_size))
+        .with("unsigned_records", Scalar::count(report.unsigned_records))
+        .with("truncated_bytes", Scalar::count(report.truncated_bytes))
+        .with("records_rehashed", Scalar::count(report.records_rehashed));
+    if let Some(file) = &report.truncated_file {
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        rec = rec.with("truncated_file", name);
+    }
+    tracing::warn!(?report, "the ledger recovered from an unclean shutdown");
+    system(ledger, rec).await
+}
+
+fn json_scalar(v: &serde_json::Value) -> Option<Scalar> {
+    match v {
+        serde_json::Value::Null => None,
+        serde_json::Value::Bool(b) => Some(Scalar::from(*b)),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => Some(Scalar::from(i)),
+            None => Some(Scalar::from(custos_record::truncate_text(&n.to_string()))),
+        },
+        serde_json::Value::String(s) if s.is_empty() => None,
+        serde_json::Value::String(s) => Some(Scalar::from(custos_record::truncate_text(s))),
+        other => Some(Scalar::from(custos_record::truncate_text(
+            &other.to_string(),
+        ))),
+    }
+}
+
+/// A record field name for a store change field. Record keys may never
+/// suggest a secret: the store describes a new secret by its masked form
+/// (`secret` → `masked`) and an old one's grace (`previous_secret_not_after`
+/// → `previous_material_not_after`).
+fn change_name(field: &str) -> String {
+    if field == "secret" {
+        return "masked".to_owned();
+    }
+    let clean: String = field
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    clean
+        .split('_')
+        .map(|w| if w == "secret" { "material" } else { w })
+        .collect::<Vec<_>>()
+        .join("_")
+        .chars()
+        .take(64)
+        .collect()
+}
+
+/// The admin record for one key lifecycle event from the outbox.
+fn key_event_record(id: i64, event: &custos_store::KeyEvent) -> Admin {
+    let action = match event.kind {
+        custos_store::KeyEventKind::Created => "create",
+        custos_store::KeyEventKind::Updated => "update",
+        custos_store::KeyEventKind::Rotated => "rotate",
+        custos_store::KeyEventKind::Revoked => "revoke",
+    };
+    let mut changes = BTreeMap::new();
+    for (field, change) in event
+        .changes
+        .iter()
+        .take(custos_record::MAX_MAP_ENTRIES - 2)
+    {
+        let name = change_name(field);
+        let (before, after) = (json_scalar(&change.before), json_scalar(&change.after));
+        if before.is_some() || after.is_some() {
+            changes.insert(name, Change { before, after });
+        }
+    }
+    // The outbox row ID makes the drain idempotent, and the time of the
+    // change is kept even when the server drains it later.
+    changes.insert(
+        "outbox_id".into(),
+        Change {
+            before: None,
+            after: Some(Scalar::from(id)),
+        },
+    );
+    changes.insert(
+        "occurred_at_ms".into(),
+        Change {
+            before: None,
+            after: Some(Scalar::from(event.at_ms)),
+        },
+    );
+    Admin {
+        event: event.kind.as_str().to_owned(),
+        actor: AdminActor {
+            ip: event.actor.ip,
+            mfa: event.actor.mfa,
+            role: match event.actor.kind {
+                ActorKind::Cli => "host_shell".to_owned(),
+                ActorKind::Api => "api_token".to_owned(),
+                ActorKind::User => "console_user".to_owned(),
+            },
+            user: custos_record::truncate_text(&event.actor.name),
+            via: match event.actor.kind {
+                ActorKind::Cli => Via::Cli,
+                ActorKind::Api => Via::Api,
+                ActorKind::User => Via::Console,
+            },
+        },
+        action: action.to_owned(),
+        target: Some(Target {
+            id: event.key_id.to_string(),
+            kind: "key".into(),
+        }),
+        changes,
+        reason: event.reason.as_deref().map(|r| {
+            r.chars()
+                .take(custos_record::MAX_REASON_BYTES / 4)
+                .collect()
+        }),
+    }
+}
+
+/// Outbox IDs already in the ledger, so that a drain interrupted between
+/// the append and the store update is not repeated. Only run when the
+/// outbox has pending rows at startup; it reads the whole ledger.
+fn appended_outbox_ids(ledger_dir: &Path) -> anyhow::Result<std::collections::HashSet<i64>> {
+    let reader = custos_ledger::LedgerReader::open(ledger_dir);
+    let mut seen = std::collections::HashSet::new();
+    for stored in reader.records()? {
+        let stored = stored?;
+        if let RecordBody::Admin(a) = &stored.record.body
+            && let Some(Change { after: Some(v), .. }) = a.changes.get("outbox_id")
+            && let Some(id) = v.as_int()
+        {
+            seen.insert(id);
+        }
+    }
+    Ok(seen)
+}
+
+/// Drains the store's outbox into the ledger: at start (events written
+/// while the server was down) and then every `every`.
+pub async fn drain_outbox(store: Arc<Store>, ledger: Arc<Ledger>, every: Duration) {
+    let ledger_dir = ledger.dir().to_path_buf();
+    let pending_at_start = store
+        .outbox_pending(1)
+        .await
+        .map(|p| !p.is_empty())
+        .unwrap_or(true);
+    let mut already = if pending_at_start {
+        match tokio::task::spawn_blocking(move || appended_outbox_ids(&ledger_dir)).await {
+            Ok(Ok(set)) => set,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot read the ledger to resume the outbox drain");
+                return;
+            }
+            Err(_) => return,
+        }
+    } else {
+        std::collections::HashSet::new()
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = drain_once(&store, &ledger, &mut already).await {
+            tracing::warn!(error = %e, "cannot drain the audit outbox; will retry");
+        }
+    }
+}
+
+/// One pass of the drain; returns how many events were recorded.
+///
+/// Each event is appended, made durable, remembered in `already`, and only
+/// then marked drained in the store; after a crash between the two, the
+/// startup scan finds its `outbox_id` in the ledger and skips it. An event
+/// that cannot become a valid record is not dropped silently: a system
+/// record names it, and then it is marked drained.
+pub async fn drain_once(
+    store: &Store,
+    ledger: &Ledger,
+    already: &mut std::collections::HashSet<i64>,
+) -> anyhow::Result<usize> {
+    let mut total = 0;
+    loop {
+        let pending = store.outbox_pending(256).await?;
+        if pending.is_empty() {
+            return Ok(total);
+        }
+        for entry in &pending {
+            if !already.contains(&entry.id) {
+                let body = match entry.key_event() {
+                    Ok(event) => RecordBody::Admin(key_event_record(entry.id, &event)),
+                    Err(e) => unrecordable(entry, &e.to_string()),
+                };
+                let ticket = match ledger.append(body) {
+                    Err(LedgerError::InvalidRecord(e)) => {
+                        tracing::error!(outbox_id = entry.id, error = %e, "outbox event is not a valid record");
+                        ledger.append(unrecordable(entry, &e.to_string()))?
+                    }
+                    other => other?,
+                };
+                ticket.await?;
+                already.insert(entry.id);
+            }
+            store.outbox_mark_drained(&[entry.id]).await?;
+            already.remove(&entry.id);
+            total += 1;
+        }
+    }
+}
+
+fn unrecordable(entry: &custos_store::OutboxEntry, error: &str) -> RecordBody {
+    RecordBody::System(
+        System::new("outbox.unrecordable")
+            .with("outbox_id", Scalar::from(entry.id))
+            .with("kind", custos_record::truncate_text(&entry.kind))
+            .with("error", custos_record::truncate_text(error)),
+    )
+}
+
+/// Periodically records how many unauthenticated refusals went unrecorded.
+pub async fn report_unrecorded(audit: Arc<LedgerAudit>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let n = audit.take_unrecorded();
+        if n > 0
+            && let Some(ledger) = audit.ledger()
+        {
+            let rec = System::new("requests.unrecorded")
+                .with("count", Scalar::count(n))
+                .with("window_seconds", Scalar::count(every.as_secs()));
+            if let Err(e) = system(ledger, rec).await {
+                tracing::warn!(error = %e, "cannot record the unrecorded-refusals summary");
+            }
+        }
+    }
+}
