@@ -125,6 +125,9 @@ async fn nothing_acknowledged_is_lost_after_kill_9() {
     for w in workers {
         acknowledged.extend(w.await.unwrap());
     }
+    // Wait until the killed process is really gone (it holds the lock).
+    let mut p = Arc::try_unwrap(p).ok().expect("workers hold no handle");
+    assert!(!p.wait_exit(Duration::from_secs(10)).success());
     assert!(
         acknowledged.len() >= 50,
         "only {} requests succeeded",
