@@ -18,11 +18,23 @@ use http::{HeaderValue, StatusCode};
 use prometheus_client::registry::Registry;
 use serde_json::json;
 
+/// A boxed future, for the object-safe [`ReadyCheck`].
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// One dependency `/readyz` checks, such as the ledger or the state store.
+pub trait ReadyCheck: Send + Sync + 'static {
+    /// The check's name in the `/readyz` body.
+    fn name(&self) -> &'static str;
+    /// `Err` with a reason when the dependency is not usable.
+    fn check(&self) -> BoxFuture<'_, Result<(), String>>;
+}
+
 /// Shared state of the admin listener.
 pub struct AdminState {
     registry: Registry,
     ready: AtomicBool,
     data_dir: PathBuf,
+    checks: Vec<Box<dyn ReadyCheck>>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -35,12 +47,18 @@ impl std::fmt::Debug for AdminState {
 }
 
 impl AdminState {
-    /// State serving `registry`, checking `data_dir` for readiness.
-    pub fn new(registry: Registry, data_dir: PathBuf) -> Arc<Self> {
+    /// State serving `registry`, checking `data_dir` and `checks` for
+    /// readiness.
+    pub fn new(
+        registry: Registry,
+        data_dir: PathBuf,
+        checks: Vec<Box<dyn ReadyCheck>>,
+    ) -> Arc<Self> {
         Arc::new(AdminState {
             registry,
             ready: AtomicBool::new(false),
             data_dir,
+            checks,
         })
     }
 
@@ -92,16 +110,32 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
     if writable.is_err() {
         failed.push("data_dir_writable");
     }
-    let body = json!({
-        "status": if failed.is_empty() { "ready" } else { "not_ready" },
-        "failed": failed,
-        "checks": {
-            "serving": {"ok": serving},
-            "data_dir_writable": match &writable {
+    let mut checks = serde_json::Map::new();
+    checks.insert("serving".into(), json!({"ok": serving}));
+    checks.insert(
+        "data_dir_writable".into(),
+        match &writable {
+            Ok(()) => json!({"ok": true}),
+            Err(e) => json!({"ok": false, "error": e}),
+        },
+    );
+    for check in &state.checks {
+        let result = check.check().await;
+        if result.is_err() {
+            failed.push(check.name());
+        }
+        checks.insert(
+            check.name().into(),
+            match result {
                 Ok(()) => json!({"ok": true}),
                 Err(e) => json!({"ok": false, "error": e}),
             },
-        },
+        );
+    }
+    let body = json!({
+        "status": if failed.is_empty() { "ready" } else { "not_ready" },
+        "failed": failed,
+        "checks": checks,
     });
     let status = if failed.is_empty() {
         StatusCode::OK

@@ -89,6 +89,7 @@ pub fn open(
     config: &Config,
     data_dir: &Path,
     runtime: tokio::runtime::Handle,
+    on_fsync: custos_ledger::FsyncObserver,
 ) -> anyhow::Result<(Ledger, RecoveryReport)> {
     let l = &config.ledger;
     let origin = match &l.origin {
@@ -106,6 +107,7 @@ pub fn open(
     options.checkpoint_every = l.checkpoint_interval;
     options.segment_max_bytes = l.segment_max_size;
     options.segment_max_age = l.segment_max_age;
+    options.on_fsync = Some(on_fsync);
     for sink in &l.sinks {
         let sink: Box<dyn CheckpointSink> = match sink {
             LedgerSink::Directory(dir) => Box::new(DirSink::new(dir.clone())),
@@ -129,8 +131,11 @@ pub struct LedgerAudit {
     open_error: Option<String>,
     fail_open: bool,
     unauthenticated: Mutex<Bucket>,
-    /// Refusals before authentication not recorded because of the bound.
+    /// Refusals before authentication not recorded because of the bound,
+    /// since the last summary record.
     unrecorded: AtomicU64,
+    /// The same, since the last metrics refresh.
+    unrecorded_metric: AtomicU64,
 }
 
 /// A simple token bucket for the unauthenticated-recording bound.
@@ -175,6 +180,7 @@ impl LedgerAudit {
                 at: Instant::now(),
             }),
             unrecorded: AtomicU64::new(0),
+            unrecorded_metric: AtomicU64::new(0),
         })
     }
 
@@ -187,6 +193,10 @@ impl LedgerAudit {
     /// last call.
     pub fn take_unrecorded(&self) -> u64 {
         self.unrecorded.swap(0, Ordering::SeqCst)
+    }
+
+    fn unrecorded_since_metrics(&self) -> u64 {
+        self.unrecorded_metric.swap(0, Ordering::SeqCst)
     }
 
     fn unavailable(&self) -> Option<String> {
@@ -232,6 +242,7 @@ impl AuditSink for LedgerAudit {
                 .take()
         {
             self.unrecorded.fetch_add(1, Ordering::Relaxed);
+            self.unrecorded_metric.fetch_add(1, Ordering::Relaxed);
             return Box::pin(async { Ok(()) });
         }
         let fail_open = self.fail_open;
@@ -520,6 +531,128 @@ pub async fn report_unrecorded(audit: Arc<LedgerAudit>, every: Duration) {
             if let Err(e) = system(ledger, rec).await {
                 tracing::warn!(error = %e, "cannot record the unrecorded-refusals summary");
             }
+        }
+    }
+}
+
+/// `/readyz`: the ledger accepts records.
+pub struct LedgerReady(pub Arc<LedgerAudit>);
+
+impl custos_admin::ReadyCheck for LedgerReady {
+    fn name(&self) -> &'static str {
+        "ledger_writable"
+    }
+
+    fn check(&self) -> custos_admin::BoxFuture<'_, Result<(), String>> {
+        let result = match self.0.unavailable() {
+            None => Ok(()),
+            Some(reason) => Err(reason),
+        };
+        Box::pin(async move { result })
+    }
+}
+
+/// `/readyz`: the state store answers.
+pub struct StoreReady(pub Arc<Store>);
+
+impl custos_admin::ReadyCheck for StoreReady {
+    fn name(&self) -> &'static str {
+        "state_store"
+    }
+
+    fn check(&self) -> custos_admin::BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            match tokio::time::timeout(Duration::from_secs(2), self.0.keys().generation()).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("the state store did not answer within 2s".into()),
+            }
+        })
+    }
+}
+
+/// Ledger metrics: appends, fsync latency, checkpoint age, queue depth.
+pub struct LedgerMetrics {
+    records: prometheus_client::metrics::gauge::Gauge,
+    checkpoint_size: prometheus_client::metrics::gauge::Gauge,
+    checkpoint_age: prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
+    queue_depth: prometheus_client::metrics::gauge::Gauge,
+    healthy: prometheus_client::metrics::gauge::Gauge,
+    unrecorded: prometheus_client::metrics::counter::Counter,
+    /// Observes fsync durations; handed to the ledger options.
+    pub fsync: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl LedgerMetrics {
+    /// Registers the ledger families.
+    pub fn new(registry: &mut prometheus_client::registry::Registry) -> Arc<Self> {
+        use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+        let m = LedgerMetrics {
+            records: Default::default(),
+            checkpoint_size: Default::default(),
+            checkpoint_age: Default::default(),
+            queue_depth: Default::default(),
+            healthy: Default::default(),
+            unrecorded: Default::default(),
+            fsync: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
+        };
+        registry.register(
+            "custos_ledger_records",
+            "Records in the audit ledger (tree size)",
+            m.records.clone(),
+        );
+        registry.register(
+            "custos_ledger_checkpoint_size",
+            "Tree size of the newest signed checkpoint",
+            m.checkpoint_size.clone(),
+        );
+        registry.register(
+            "custos_ledger_checkpoint_age_seconds",
+            "Seconds since the newest checkpoint was signed",
+            m.checkpoint_age.clone(),
+        );
+        registry.register(
+            "custos_ledger_queue_depth",
+            "Records waiting for the ledger writer",
+            m.queue_depth.clone(),
+        );
+        registry.register(
+            "custos_ledger_healthy",
+            "1 when the ledger accepts records, 0 when traffic is refused",
+            m.healthy.clone(),
+        );
+        registry.register(
+            "custos_ledger_unrecorded_refusals",
+            "Unauthenticated refusals not recorded because of the rate bound",
+            m.unrecorded.clone(),
+        );
+        registry.register(
+            "custos_ledger_fsync_seconds",
+            "Duration of each ledger fsync",
+            m.fsync.clone(),
+        );
+        Arc::new(m)
+    }
+
+    /// Refreshes the gauges every second.
+    pub async fn run(self: Arc<Self>, audit: Arc<LedgerAudit>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let healthy = audit.unavailable().is_none();
+            self.healthy.set(i64::from(healthy));
+            if let Some(ledger) = audit.ledger() {
+                let status = ledger.status();
+                self.records
+                    .set(i64::try_from(status.size).unwrap_or(i64::MAX));
+                self.checkpoint_size
+                    .set(i64::try_from(status.checkpoint_size).unwrap_or(i64::MAX));
+                self.checkpoint_age
+                    .set(status.checkpoint_age.map_or(0.0, |d| d.as_secs_f64()));
+                self.queue_depth
+                    .set(i64::try_from(status.queue_depth).unwrap_or(i64::MAX));
+            }
+            self.unrecorded.inc_by(audit.unrecorded_since_metrics());
         }
     }
 }

@@ -169,10 +169,15 @@ async fn serve(
     // server: every request is refused with 503 and the reason (fail
     // closed), and /readyz says why. Another writer holding it is a
     // configuration mistake and does stop the server.
+    let mut registry = Registry::default();
+    let ledger_metrics = crate::audit::LedgerMetrics::new(&mut registry);
     let handle = tokio::runtime::Handle::current();
     let opened = {
         let (config, dir) = (config.clone(), data_dir.clone());
-        tokio::task::spawn_blocking(move || crate::audit::open(&config, &dir, handle))
+        let fsync = ledger_metrics.fsync.clone();
+        let observer: custos_ledger::FsyncObserver =
+            Arc::new(move |d| fsync.observe(d.as_secs_f64()));
+        tokio::task::spawn_blocking(move || crate::audit::open(&config, &dir, handle, observer))
             .await
             .context("the ledger open task failed")?
     };
@@ -237,7 +242,7 @@ async fn serve(
         tokio::spawn(purge_expired(ledger.clone(), config.ledger.retention));
     }
 
-    let mut registry = Registry::default();
+    tokio::spawn(ledger_metrics.clone().run(audit.clone()));
     let gateway = Gateway::new(
         &config,
         &providers,
@@ -248,7 +253,14 @@ async fn serve(
             sinks: vec![Arc::new(LogSink)],
         },
     );
-    let admin = AdminState::new(registry, data_dir.clone());
+    let admin = AdminState::new(
+        registry,
+        data_dir.clone(),
+        vec![
+            Box::new(crate::audit::LedgerReady(audit.clone())),
+            Box::new(crate::audit::StoreReady(store.clone())),
+        ],
+    );
 
     let gateway_listener = bind(config.server.listen, "server.listen").await?;
     let admin_listener = bind(config.server.admin_listen, "server.admin_listen").await?;

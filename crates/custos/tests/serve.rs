@@ -46,6 +46,9 @@ async fn starts_on_the_embedded_default_and_serves_the_mock() {
         .await
         .unwrap();
     assert_eq!(ready.status(), 200);
+    let ready: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(ready["checks"]["ledger_writable"]["ok"], true, "{ready}");
+    assert_eq!(ready["checks"]["state_store"]["ok"], true, "{ready}");
     let resp = client
         .post(format!("{}/chat/completions", p.base_url()))
         .bearer_auth(&key)
@@ -97,7 +100,10 @@ async fn admin_routes_are_absent_from_the_gateway_port_and_vice_versa() {
         .await
         .unwrap();
     assert_eq!(metrics.status(), 200);
-    assert!(metrics.text().await.unwrap().contains("custos_requests"));
+    let text = metrics.text().await.unwrap();
+    assert!(text.contains("custos_requests"));
+    assert!(text.contains("custos_ledger_healthy 1"), "{text}");
+    assert!(text.contains("custos_ledger_fsync_seconds_count"), "{text}");
 }
 
 #[tokio::test]
