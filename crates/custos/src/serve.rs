@@ -230,6 +230,29 @@ async fn serve(
         crate::audit::system(ledger, started)
             .await
             .context("cannot record server.started in the ledger")?;
+        // What configuration is running, by digest, so an auditor can tie a
+        // change in behaviour to a change of configuration.
+        let digest = config_digest(config_source);
+        let loaded = System::new("config.loaded")
+            .with("source", config_source.to_owned())
+            .with("sha256", digest);
+        crate::audit::system(ledger, loaded)
+            .await
+            .context("cannot record config.loaded in the ledger")?;
+        if config.ledger.retention < Duration::from_secs(365 * 86_400) {
+            tracing::warn!(
+                days = config.ledger.retention.as_secs() / 86_400,
+                "ledger.retention is below the 365-day audit period (allow_short_retention is set)"
+            );
+            let rec = System::new("ledger.short_retention").with(
+                "retention_days",
+                Scalar::count(config.ledger.retention.as_secs() / 86_400),
+            );
+            crate::audit::system(ledger, rec).await?;
+        }
+        if config.ledger.fail_open {
+            crate::audit::system(ledger, System::new("ledger.fail_open_enabled")).await?;
+        }
         tokio::spawn(crate::audit::drain_outbox(
             store.clone(),
             ledger.clone(),
@@ -335,6 +358,21 @@ async fn serve(
     }
     store.close().await;
     Ok(())
+}
+
+/// SHA-256 of the configuration text in use (the file, or the embedded
+/// default), hex-encoded.
+fn config_digest(source: &str) -> String {
+    use sha2::Digest as _;
+    let text = if source == "embedded default" {
+        custos_config::DEFAULT_CONFIG.as_bytes().to_vec()
+    } else {
+        std::fs::read(source).unwrap_or_default()
+    };
+    sha2::Sha256::digest(&text)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Removes sealed segments past retention, hourly; the ledger records each
