@@ -706,6 +706,15 @@ def run_loadgen(run: Run, t: Target, extra: list[str], stream: bool, duration: f
     return out
 
 
+def answered(res: dict) -> int:
+    """Requests that got a whole answer, good or bad."""
+    k = res.get("error_kinds", {})
+    status = k.get("status", 0)
+    if isinstance(status, dict):  # loadgen counts per status code
+        status = sum(status.values())
+    return res.get("ok", 0) + status + k.get("body", 0)
+
+
 def run_scenario(run: Run, t: Target, scenario: str, duration: float) -> dict:
     a = run.args
     if scenario == "c1":
@@ -752,9 +761,12 @@ def measure(run: Run, t: Target, scenario: str, duration: float, profile: bool) 
     wall = time.monotonic() - w0
     if t.proc is not None and t.proc.poll() is not None:
         raise RuntimeError(f"target exited during the run (status {t.proc.returncode}): {tail(t.log_path)}")
-    n = max(1, res.get("requests", 0))
+    # Per answered request: requests never sent (open loop past its drain) or
+    # cut off by a timeout would make a saturated target look cheap.
+    n = max(1, answered(res))
     cpu = cpu_seconds(t.pid) - cpu0
     up = cpu_seconds(run.nginx.pid) - up0
+    res["answered"] = answered(res)
     res["target_cpu_s"] = round(cpu, 3)
     res["target_cpu_us_per_req"] = round(cpu * 1e6 / n, 1)
     res["target_cpu_cores"] = round(cpu / wall, 2)
@@ -868,7 +880,7 @@ def report(results: dict, args) -> str:
         L.extend(f"- {x}" for x in ratios)
     L.append("")
     L.append("CPU/req is the target's own user+system CPU (its whole process tree, from /proc) "
-             "divided by the requests of that scenario; for `direct` it is nginx's. Latencies of c1/c64 "
+             "divided by the requests it answered in that scenario; for `direct` it is nginx's. Latencies of c1/c64 "
              "are wrk's (from the actual send); `rate` latencies are from the intended send time. "
              "Errors are non-200 answers, bodies without the expected marker, and socket errors.")
     return "\n".join(L) + "\n"
