@@ -36,6 +36,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -151,6 +152,20 @@ def cpu_seconds(root: int) -> float:
             # fields 14-17 of stat: utime stime cutime cstime (0-based 11..14 after the name)
             total += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
     return total / CLK_TCK
+
+
+def machine_busy_seconds() -> float:
+    """Non-idle CPU time of the whole machine, all cores, from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal ...
+    return (v[0] + v[1] + v[2] + v[5] + v[6] + (v[7] if len(v) > 7 else 0)) / CLK_TCK
+
+
+def children_cpu_seconds() -> float:
+    """CPU of this harness's finished children (wrk, loadgen)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def peak_rss_kib(root: int) -> int:
@@ -734,6 +749,8 @@ def measure(run: Run, t: Target, scenario: str, duration: float, profile: bool) 
     """Runs one scenario with CPU accounting of the target and of the mock."""
     cpu0 = cpu_seconds(t.pid)
     up0 = cpu_seconds(run.nginx.pid)
+    busy0 = machine_busy_seconds()
+    gen0 = children_cpu_seconds()
     w0 = time.monotonic()
     perf = None
     if profile:
@@ -759,6 +776,8 @@ def measure(run: Run, t: Target, scenario: str, duration: float, profile: bool) 
                                        if ln.strip() and not ln.startswith("#")) + "\n\n")
             log(f"{t.name}: perf profile of {scenario}: {top}")
     wall = time.monotonic() - w0
+    busy = machine_busy_seconds() - busy0
+    gen = children_cpu_seconds() - gen0
     if t.proc is not None and t.proc.poll() is not None:
         raise RuntimeError(f"target exited during the run (status {t.proc.returncode}): {tail(t.log_path)}")
     # Per answered request: requests never sent (open loop past its drain) or
@@ -771,6 +790,10 @@ def measure(run: Run, t: Target, scenario: str, duration: float, profile: bool) 
     res["target_cpu_us_per_req"] = round(cpu * 1e6 / n, 1)
     res["target_cpu_cores"] = round(cpu / wall, 2)
     res["upstream_cpu_us_per_req"] = round(up * 1e6 / n, 1)
+    res["loadgen_cpu_cores"] = round(gen / wall, 2)
+    # Everything else the machine did meanwhile: other people's builds, mostly.
+    ours = cpu + gen + (up if t.pid != run.nginx.pid else 0)
+    res["other_cpu_cores"] = round(max(0.0, busy - ours) / wall, 2)
     if res.get("ok", 0) == 0:
         raise RuntimeError(f"no successful answer in {res.get('requests', 0)} requests "
                            f"({json.dumps(res.get('error_kinds'))}"
@@ -815,7 +838,8 @@ def report(results: dict, args) -> str:
     L.append(f"# Custos load benchmark — {results['started']}")
     L.append("")
     L.append(f"- machine: {m['nproc']} CPUs, {m['cpu_model']}, kernel {m['kernel']}, {m['memory']} RAM; "
-             f"load average at start {', '.join(f'{x:.2f}' for x in m['loadavg_at_start'])}")
+             f"load average at start {', '.join(f'{x:.2f}' for x in m['loadavg_at_start'])}"
+             + (f", at end {', '.join(f'{x:.2f}' for x in m['loadavg_at_end'])}" if 'loadavg_at_end' in m else ""))
     fd = results.get("fdatasync")
     if fd:
         L.append(f"- fdatasync (4 KiB append + fdatasync, {fd['samples']} samples on {fd['filesystem']}): "
@@ -860,18 +884,21 @@ def report(results: dict, args) -> str:
         L.append("")
         L.append(f"[{i}] {n}")
     L.append("")
-    L.append("| target | startup (spawn → ready line) | startup (spawn → first 200) | peak RSS | notes |")
-    L.append("| --- | ---: | ---: | ---: | --- |")
+    L.append("| target | startup (spawn → ready line) | startup (spawn → first 200) | peak RSS "
+             "| other processes' CPU during its runs | notes |")
+    L.append("| --- | ---: | ---: | ---: | ---: | --- |")
     for tname, tres in results["targets"].items():
         if tres.get("failed"):
             status = "SKIPPED" if tres["failed"].startswith("SKIPPED") else "FAILED"
             reason = tres["failed"].removeprefix("SKIPPED: ")[:600].replace("|", "/").replace("\n", " ")
-            L.append(f"| {tname} | {status} | | | {reason} |")
+            L.append(f"| {tname} | {status} | | | | {reason} |")
             continue
         rss = tres.get("peak_rss_kib")
         rss_s = f"{rss / 1024:.1f} MiB" if rss else "—"
+        other = [x["other_cpu_cores"] for x in tres["scenarios"].values() if "other_cpu_cores" in x]
+        other_s = f"{sum(other) / len(other):.2f} cores" if other else "—"
         L.append(f"| {tname} | {fmt_s(tres.get('ready_s'))} | {fmt_s(tres.get('first_200_s'))} | "
-                 f"{rss_s} | {'; '.join(tres.get('notes', []))} |")
+                 f"{rss_s} | {other_s} | {'; '.join(tres.get('notes', []))} |")
     ratios = ratio_lines(results, args)
     if ratios:
         L.append("")
@@ -882,7 +909,9 @@ def report(results: dict, args) -> str:
     L.append("CPU/req is the target's own user+system CPU (its whole process tree, from /proc) "
              "divided by the requests it answered in that scenario; for `direct` it is nginx's. Latencies of c1/c64 "
              "are wrk's (from the actual send); `rate` latencies are from the intended send time. "
-             "Errors are non-200 answers, bodies without the expected marker, and socket errors.")
+             "Errors are non-200 answers, bodies without the expected marker, and socket errors. "
+             "\"Other processes' CPU\" is the machine's busy time minus the target, the mock and the "
+             "load generator: how much of the 2 cores something else (builds) took meanwhile.")
     return "\n".join(L) + "\n"
 
 
@@ -1042,6 +1071,7 @@ def main(argv) -> int:
             shutil.rmtree(run.tmp, ignore_errors=True)
         else:
             log(f"kept {run.tmp}")
+    results["machine"]["loadavg_at_end"] = os.getloadavg()
     md = report(results, args)
     results["exit_status"] = status
     with open(os.path.join(args.out_dir, f"{stamp}.json"), "w") as f:
