@@ -89,6 +89,27 @@ pub enum GatewayError {
     /// The audit ledger cannot record the request, so it is not served.
     #[error("{0}; the request was not served")]
     AuditUnavailable(crate::audit::AuditUnavailable),
+    /// Every target of the model has an open circuit breaker.
+    #[error(
+        "no target of `{model}` is available right now (circuit open); retry after {retry_after_secs}s"
+    )]
+    NoHealthyTarget {
+        /// The public model.
+        model: String,
+        /// Seconds until a breaker may admit a trial.
+        retry_after_secs: u64,
+    },
+    /// A concurrency limit is reached and its wait queue is full or timed out.
+    #[error("{message}; retry after {retry_after_secs}s")]
+    Overloaded {
+        /// Which limit, for the message.
+        message: String,
+        /// `capacity_exceeded` (the gateway or model, 503) or
+        /// `key_capacity_exceeded` (the caller's own limit, 429).
+        code: &'static str,
+        /// Seconds to wait.
+        retry_after_secs: u64,
+    },
     /// The key's per-minute limit is spent (429).
     #[error("rate limit reached for {} per minute; retry after {retry_after_secs}s", .dimension.as_str())]
     RateLimited {
@@ -122,9 +143,13 @@ impl GatewayError {
             }
             GatewayError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            GatewayError::ShuttingDown | GatewayError::AuditUnavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
+            GatewayError::ShuttingDown
+            | GatewayError::AuditUnavailable(_)
+            | GatewayError::NoHealthyTarget { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Overloaded { code, .. } if *code == "key_capacity_exceeded" => {
+                StatusCode::TOO_MANY_REQUESTS
             }
+            GatewayError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Unauthenticated(crate::auth::AuthError::Unavailable) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -152,6 +177,8 @@ impl GatewayError {
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::ShuttingDown => "shutting_down",
             GatewayError::AuditUnavailable(_) => "audit_unavailable",
+            GatewayError::NoHealthyTarget { .. } => "no_healthy_target",
+            GatewayError::Overloaded { code, .. } => code,
             GatewayError::Unauthenticated(e) => e.code(),
             GatewayError::Forbidden(d) => d.code(),
             GatewayError::RateLimited { .. } => "rate_limit_exceeded",
@@ -198,7 +225,10 @@ impl GatewayError {
             GatewayError::UpstreamFailed(_) | GatewayError::UpstreamTimeout(_) => {
                 ErrorSource::Upstream
             }
-            GatewayError::ShuttingDown | GatewayError::AuditUnavailable(_) => ErrorSource::Internal,
+            GatewayError::ShuttingDown
+            | GatewayError::AuditUnavailable(_)
+            | GatewayError::Overloaded { .. } => ErrorSource::Internal,
+            GatewayError::NoHealthyTarget { .. } => ErrorSource::Upstream,
         }
     }
 
@@ -266,8 +296,14 @@ impl IntoResponse for GatewayError {
             }
             GatewayError::RateLimited {
                 retry_after_secs, ..
+            }
+            | GatewayError::NoHealthyTarget {
+                retry_after_secs, ..
+            }
+            | GatewayError::Overloaded {
+                retry_after_secs, ..
             } => {
-                headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+                headers.insert(RETRY_AFTER, HeaderValue::from((*retry_after_secs).max(1)));
             }
             _ => {}
         }

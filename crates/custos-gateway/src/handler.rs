@@ -28,6 +28,7 @@ use crate::error::GatewayError;
 use crate::outcome::{Actor, Attempt, Durable, RequestGuard, new_outcome};
 use custos_auth::AccessRequest;
 use custos_auth::limit::{RateDecision, format_reset};
+use custos_health::{AttemptOutcome, CapacityGuard, TargetId};
 use custos_types::Capability;
 
 /// The request ID header, on every request and response.
@@ -346,6 +347,16 @@ struct StreamReply {
     relay: SseRelay,
     estimate: Estimate,
     upstream_started: Instant,
+    slot: Option<CapacityGuard>,
+}
+
+/// The upstream answer a request commits to, with what it holds.
+struct Answer {
+    resp: UpstreamResponse,
+    /// A stream's first chunk, already read.
+    first: Option<Bytes>,
+    /// The capacity slot, held until the response or stream ends.
+    slot: Option<CapacityGuard>,
 }
 
 /// What is needed to count tokens when the upstream reports none.
@@ -373,6 +384,7 @@ async fn inference(
                 relay,
                 estimate,
                 upstream_started,
+                slot,
             } = *reply;
             let state = StreamState {
                 guard: Some(guard),
@@ -382,6 +394,7 @@ async fn inference(
                 estimate: Some(estimate),
                 upstream_started,
                 done: false,
+                _slot: slot,
             };
             let (parts, _) = head.into_parts();
             Response::from_parts(parts, Body::from_stream(relay_stream(state)))
@@ -415,11 +428,57 @@ async fn inference_inner(
         .ok_or_else(|| GatewayError::ModelNotFound(fields.model.clone()))?
         .clone();
 
+    // Capacity: a bounded, timed wait for a slot; the slot is held until
+    // the response or the stream ends.
+    let slot = match &gw.capacity {
+        None => None,
+        Some(limiter) => {
+            let key = access.principal.as_ref().map(|p| p.key.id);
+            let key = key.as_ref().map(|k| k.as_str());
+            Some(limiter.acquire(&fields.model, key).await.map_err(|e| {
+                GatewayError::Overloaded {
+                    message: format!("capacity limit reached ({})", e.reason()),
+                    code: if e.is_caller_limit() {
+                        "key_capacity_exceeded"
+                    } else {
+                        "capacity_exceeded"
+                    },
+                    retry_after_secs: e.retry_after().as_secs().max(1),
+                }
+            })?)
+        }
+    };
+
     let request_id = guard.get_mut().request_id.clone();
     let plan = route.plan(&mut rand::thread_rng());
     let mut last: Option<Result<UpstreamResponse, ProviderError>> = None;
+    let mut circuit_wait: Option<Duration> = None;
     let upstream_started = Instant::now();
     for target in plan {
+        // Routing skips targets whose circuit is open.
+        let permit = match &gw.health {
+            None => None,
+            Some(health) => {
+                let id = TargetId::new(target.provider.name(), &target.upstream_model);
+                match health.allow(&id, tokio::time::Instant::now()) {
+                    Ok(permit) => Some(permit),
+                    Err(rejected) => {
+                        circuit_wait = Some(
+                            circuit_wait
+                                .map_or(rejected.retry_after, |w| w.min(rejected.retry_after)),
+                        );
+                        guard.get_mut().attempts.push(Attempt {
+                            provider: target.provider.name().to_owned(),
+                            model: target.upstream_model.clone(),
+                            status: None,
+                            error: Some("circuit_open"),
+                            duration: Duration::ZERO,
+                        });
+                        continue;
+                    }
+                }
+            }
+        };
         let attempt_started = Instant::now();
         let upstream_body = body::rewrite(&bytes, &fields, &target.upstream_model, true);
         let sent = target
@@ -477,6 +536,13 @@ async fn inference_inner(
                 "upstream attempt failed"
             );
         }
+        if let Some(permit) = permit {
+            permit.record(
+                AttemptOutcome::from_attempt(attempt.status, attempt.error),
+                attempt.duration,
+                tokio::time::Instant::now(),
+            );
+        }
         guard.get_mut().attempts.push(attempt);
         if retryable {
             last = Some(outcome);
@@ -491,8 +557,7 @@ async fn inference_inner(
         }
         return Ok(commit(
             guard,
-            resp,
-            first,
+            Answer { resp, first, slot },
             &fields,
             Estimate {
                 endpoint,
@@ -521,10 +586,16 @@ async fn inference_inner(
             "no target of `{}` could serve the request; last error: {e}",
             route.model
         ))),
-        None => Err(GatewayError::UpstreamFailed(format!(
-            "`{}` has no usable target",
-            route.model
-        ))),
+        None => match circuit_wait {
+            Some(wait) => Err(GatewayError::NoHealthyTarget {
+                model: route.model.clone(),
+                retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+            }),
+            None => Err(GatewayError::UpstreamFailed(format!(
+                "`{}` has no usable target",
+                route.model
+            ))),
+        },
     }
 }
 
@@ -539,13 +610,13 @@ fn capability(endpoint: Endpoint) -> Capability {
 /// Turns the answering upstream response into the reply.
 async fn commit(
     guard: &mut RequestGuard,
-    resp: UpstreamResponse,
-    first: Option<Bytes>,
+    answer: Answer,
     fields: &body::RequestFields,
     estimate: Estimate,
     provider: &str,
     upstream_started: Instant,
 ) -> Reply {
+    let Answer { resp, first, slot } = answer;
     let served = HeaderValue::from_str(&estimate.model).ok();
     let provider = HeaderValue::from_str(provider).ok();
     let decorate = |resp: &mut Response| {
@@ -580,6 +651,7 @@ async fn commit(
                 relay: SseRelay::new(!fields.client_wants_usage),
                 estimate,
                 upstream_started,
+                slot,
             }))
         }
         UpstreamBody::Full(bytes) => {
@@ -733,6 +805,8 @@ struct StreamState {
     estimate: Option<Estimate>,
     upstream_started: Instant,
     done: bool,
+    /// The capacity slot, released when the stream ends or is dropped.
+    _slot: Option<CapacityGuard>,
 }
 
 impl StreamState {

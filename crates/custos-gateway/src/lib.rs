@@ -14,6 +14,7 @@ pub mod audit;
 pub mod auth;
 pub mod error;
 mod handler;
+mod health_sink;
 pub mod metrics;
 pub mod outcome;
 pub mod routing;
@@ -24,6 +25,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use custos_config::Config;
+use custos_health::{CapacityLimiter, HealthEngine, TargetId};
 use custos_providers::Provider;
 use prometheus_client::registry::Registry;
 
@@ -42,6 +44,8 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     auth: Option<Arc<Auth>>,
     audit: Option<Arc<dyn AuditSink>>,
+    health: Option<HealthEngine>,
+    capacity: Option<Arc<CapacityLimiter>>,
     created: u64,
 }
 
@@ -57,6 +61,10 @@ pub struct Hooks {
     pub audit: Option<Arc<dyn AuditSink>>,
     /// Further sinks for finished requests (logs, tests).
     pub sinks: Vec<Arc<dyn OutcomeSink>>,
+    /// Circuit breakers and health windows: routing skips open targets.
+    pub health: Option<HealthEngine>,
+    /// Concurrency limits with bounded wait queues.
+    pub capacity: Option<Arc<CapacityLimiter>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -79,7 +87,13 @@ impl Gateway {
         registry: &mut Registry,
         hooks: Hooks,
     ) -> Arc<Self> {
-        let Hooks { auth, audit, sinks } = hooks;
+        let Hooks {
+            auth,
+            audit,
+            sinks,
+            health,
+            capacity,
+        } = hooks;
         let routes = RouteTable::new(config, providers);
         let metrics = Metrics::new(
             registry,
@@ -90,6 +104,19 @@ impl Gateway {
         if let Some(auth) = &auth {
             all.push(auth.clone());
         }
+        if let Some(health) = &health {
+            for name in routes.names() {
+                if let Some(route) = routes.get(name) {
+                    let targets: Vec<TargetId> = route
+                        .targets
+                        .iter()
+                        .map(|t| TargetId::new(t.provider.name(), &t.upstream_model))
+                        .collect();
+                    health.register_model(name, &targets);
+                }
+            }
+            all.push(Arc::new(health_sink::HealthSink(health.clone())));
+        }
         all.extend(sinks);
         Arc::new(Gateway {
             routes,
@@ -98,6 +125,8 @@ impl Gateway {
             metrics,
             auth,
             audit,
+            health,
+            capacity,
             created: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
@@ -107,6 +136,11 @@ impl Gateway {
     /// The route table.
     pub fn routes(&self) -> &RouteTable {
         &self.routes
+    }
+
+    /// The gateway's metric families.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 }
 

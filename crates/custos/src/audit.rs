@@ -656,3 +656,62 @@ impl LedgerMetrics {
         }
     }
 }
+
+/// Writes every circuit-breaker change to the ledger (and the log).
+pub struct BreakerToLedger(pub Arc<LedgerAudit>);
+
+impl custos_health::BreakerListener for BreakerToLedger {
+    fn breaker_changed(&self, e: &custos_health::BreakerEvent) {
+        let reason = match &e.reason {
+            custos_health::TransitionReason::ErrorRate { .. } => "error_rate",
+            custos_health::TransitionReason::ConsecutiveFailures { .. } => "consecutive_failures",
+            custos_health::TransitionReason::CoolDownElapsed => "cool_down_elapsed",
+            custos_health::TransitionReason::TrialSucceeded => "trial_succeeded",
+            custos_health::TransitionReason::TrialFailed { .. } => "trial_failed",
+        };
+        tracing::warn!(
+            provider = %e.target.provider,
+            model = %e.target.model,
+            from = e.from.as_str(),
+            to = e.to.as_str(),
+            reason,
+            "circuit breaker changed state"
+        );
+        if let Some(ledger) = self.0.ledger() {
+            let rec = System::new("breaker.changed")
+                .with("provider", custos_record::truncate_text(&e.target.provider))
+                .with("model", custos_record::truncate_text(&e.target.model))
+                .with("from", e.from.as_str())
+                .with("to", e.to.as_str())
+                .with("reason", reason)
+                .with("opens", Scalar::count(u64::from(e.opens)));
+            // Enqueued now; nothing on the request path waits for it.
+            if let Err(err) = ledger.append(RecordBody::System(rec)) {
+                tracing::error!(error = %err, "cannot record a breaker change");
+            }
+        }
+    }
+}
+
+/// The circuit-breaker state of every target, as a gauge (0 closed,
+/// 1 half-open, 2 open).
+pub async fn breaker_gauges(health: custos_health::HealthEngine, gauge: BreakerGauge) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        for t in health.targets(tokio::time::Instant::now()) {
+            gauge
+                .get_or_create(&vec![
+                    ("provider".to_owned(), t.target.provider.to_string()),
+                    ("model".to_owned(), t.target.model.to_string()),
+                ])
+                .set(t.state.gauge());
+        }
+    }
+}
+
+/// Labels: provider and upstream model, both from configuration (bounded).
+pub type BreakerGauge = prometheus_client::metrics::family::Family<
+    Vec<(String, String)>,
+    prometheus_client::metrics::gauge::Gauge,
+>;

@@ -266,6 +266,26 @@ async fn serve(
     }
 
     tokio::spawn(ledger_metrics.clone().run(audit.clone()));
+
+    // Availability: circuit breakers per target (every change recorded in
+    // the ledger) and concurrency limits with bounded queues. Defaults for
+    // now; their configuration sections come with the incident wiring.
+    let health = custos_health::HealthEngine::new(
+        custos_health::HealthSettings::default(),
+        Arc::new(SystemClock),
+        Arc::new(crate::audit::BreakerToLedger(audit.clone())),
+    );
+    let breaker_gauge = crate::audit::BreakerGauge::default();
+    registry.register(
+        "custos_circuit_breaker_state",
+        "Circuit breaker state per target: 0 closed, 1 half-open, 2 open",
+        breaker_gauge.clone(),
+    );
+    tokio::spawn(crate::audit::breaker_gauges(health.clone(), breaker_gauge));
+    let capacity = Arc::new(custos_health::CapacityLimiter::new(
+        custos_health::CapacitySettings::default(),
+    ));
+
     let gateway = Gateway::new(
         &config,
         &providers,
@@ -274,6 +294,8 @@ async fn serve(
             auth: Some(auth.clone()),
             audit: Some(audit.clone()),
             sinks: vec![Arc::new(LogSink)],
+            health: Some(health),
+            capacity: Some(capacity),
         },
     );
     let admin = AdminState::new(

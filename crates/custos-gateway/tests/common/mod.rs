@@ -93,6 +93,20 @@ impl TestGateway {
         auth: Option<Arc<custos_gateway::Auth>>,
         audit: Option<Arc<dyn custos_gateway::AuditSink>>,
     ) -> TestGateway {
+        Self::start_full(
+            toml,
+            custos_gateway::Hooks {
+                auth,
+                audit,
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// Serves a gateway built from `toml` with these hooks (the outcome
+    /// collector is added to `hooks.sinks`).
+    pub async fn start_full(toml: &str, mut hooks: custos_gateway::Hooks) -> TestGateway {
         let config = custos_config::load("test.toml", toml, &|_| None).unwrap();
         let providers: HashMap<String, Arc<Provider>> = config
             .providers
@@ -101,16 +115,10 @@ impl TestGateway {
             .collect();
         let outcomes = Arc::new(Collect::default());
         let mut registry = Registry::default();
-        let gateway = Gateway::new(
-            &config,
-            &providers,
-            &mut registry,
-            custos_gateway::Hooks {
-                auth,
-                audit,
-                sinks: vec![outcomes.clone()],
-            },
-        );
+        let gateway = Gateway::new(&config, &providers, &mut registry, {
+            hooks.sinks.push(outcomes.clone());
+            hooks
+        });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app =

@@ -1,0 +1,155 @@
+//! Circuit breaking and capacity limits in the real router, against real
+//! failing upstreams.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests"
+)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{TestGateway, chat, config_for, error_of};
+use custos_gateway::Hooks;
+use custos_health::{
+    CapacityLimiter, CapacitySettings, HealthEngine, HealthSettings, LimitSpec, NoBreakerListener,
+};
+use custos_testkit::{MockUpstream, Reply};
+use custos_types::SystemClock;
+
+const FAST: &str = r#"connect = "1s", first_byte = "2s", idle = "2s", total = "5s""#;
+
+fn health() -> HealthEngine {
+    HealthEngine::new(
+        HealthSettings::default(),
+        Arc::new(SystemClock),
+        Arc::new(NoBreakerListener),
+    )
+}
+
+#[tokio::test]
+async fn an_open_circuit_is_skipped_and_traffic_falls_back() {
+    let broken = MockUpstream::start(Reply::error(500, "down")).await;
+    let good = MockUpstream::start(Reply::chat("ok")).await;
+    let gw = TestGateway::start_full(
+        &config_for(&[broken.base_url(), good.base_url()], FAST),
+        Hooks {
+            health: Some(health()),
+            ..Default::default()
+        },
+    )
+    .await;
+    // Consecutive failures open the first target's breaker (5 by default).
+    for _ in 0..5 {
+        assert_eq!(
+            gw.post("/v1/chat/completions", &chat(false)).await.status(),
+            200
+        );
+    }
+    assert_eq!(broken.received().len(), 5);
+    // Now routing skips it without sending anything.
+    assert_eq!(
+        gw.post("/v1/chat/completions", &chat(false)).await.status(),
+        200
+    );
+    assert_eq!(
+        broken.received().len(),
+        5,
+        "an open target must not be tried"
+    );
+    let outcomes = gw.outcomes.wait(6).await;
+    let last = outcomes.last().unwrap();
+    assert_eq!(last.attempts[0].error, Some("circuit_open"));
+    assert_eq!(last.provider.as_deref(), Some("p1"));
+}
+
+#[tokio::test]
+async fn every_circuit_open_is_503_with_retry_after() {
+    let broken = MockUpstream::start(Reply::error(502, "down")).await;
+    let gw = TestGateway::start_full(
+        &config_for(&[broken.base_url()], FAST),
+        Hooks {
+            health: Some(health()),
+            ..Default::default()
+        },
+    )
+    .await;
+    for _ in 0..5 {
+        assert_eq!(
+            gw.post("/v1/chat/completions", &chat(false)).await.status(),
+            502
+        );
+    }
+    let resp = gw.post("/v1/chat/completions", &chat(false)).await;
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1);
+    let err = error_of(resp, 503).await;
+    assert_eq!(err["code"], "no_healthy_target");
+}
+
+#[tokio::test]
+async fn excess_concurrency_is_refused_promptly_and_nothing_hangs() {
+    let slow = MockUpstream::start(Reply::Delay(
+        Duration::from_millis(400),
+        Box::new(Reply::chat("ok")),
+    ))
+    .await;
+    let limiter = CapacityLimiter::new(CapacitySettings {
+        global: LimitSpec {
+            max_concurrent: 2,
+            queue_size: 1,
+        },
+        per_key: None,
+        queue_timeout: Duration::from_millis(100),
+        ..CapacitySettings::default()
+    });
+    let gw = Arc::new(
+        TestGateway::start_full(
+            &config_for(&[slow.base_url()], FAST),
+            Hooks {
+                capacity: Some(Arc::new(limiter)),
+                ..Default::default()
+            },
+        )
+        .await,
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let gw = gw.clone();
+        tasks.push(tokio::spawn(async move {
+            let resp = gw.post("/v1/chat/completions", &chat(false)).await;
+            let status = resp.status().as_u16();
+            let retry = resp
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (status, retry)
+        }));
+    }
+    let mut ok = 0;
+    let mut refused = 0;
+    for t in tasks {
+        let (status, retry) = tokio::time::timeout(Duration::from_secs(5), t)
+            .await
+            .expect("a request hung")
+            .unwrap();
+        match status {
+            200 => ok += 1,
+            503 => {
+                refused += 1;
+                assert!(retry.is_some(), "503 without Retry-After");
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(ok, 2, "two slots");
+    assert_eq!(refused, 4);
+}
