@@ -289,33 +289,7 @@ fn long_duration(
     min: Duration,
     ctx: &mut Ctx<'_>,
 ) -> Option<Duration> {
-    let Some(text) = text else {
-        return Some(default);
-    };
-    match humantime::parse_duration(text) {
-        Ok(d) if d < min => {
-            ctx.err(
-                path,
-                format!(
-                    "`{text}` is too short, must be at least {}",
-                    humantime::format_duration(min)
-                ),
-            );
-            None
-        }
-        Ok(d) if d > 20 * 365 * DAY => {
-            ctx.err(path, format!("`{text}` is longer than 20 years"));
-            None
-        }
-        Ok(d) => Some(d),
-        Err(e) => {
-            ctx.err(
-                path,
-                format!("`{text}` is not a duration ({e}); write it like \"90d\" or \"365days\""),
-            );
-            None
-        }
-    }
+    duration_in(text, path, default, min, (20 * 365 * DAY, "20 years"), ctx)
 }
 
 fn server(raw: &RawConfig, ctx: &mut Ctx<'_>) -> Option<ServerConfig> {
@@ -781,6 +755,19 @@ fn duration(
     min: Duration,
     ctx: &mut Ctx<'_>,
 ) -> Option<Duration> {
+    duration_in(text, path, default, min, (DAY, "24h"), ctx)
+}
+
+/// Parses a duration between `min` and `max` (with its name for messages),
+/// or reports why it cannot be used.
+fn duration_in(
+    text: Option<&str>,
+    path: &str,
+    default: Duration,
+    min: Duration,
+    (max, max_name): (Duration, &str),
+    ctx: &mut Ctx<'_>,
+) -> Option<Duration> {
     let Some(text) = text else {
         return Some(default);
     };
@@ -795,17 +782,15 @@ fn duration(
             );
             None
         }
-        Ok(d) if d > Duration::from_secs(24 * 3600) => {
-            ctx.err(path, format!("`{text}` is longer than 24h"));
+        Ok(d) if d > max => {
+            ctx.err(path, format!("`{text}` is longer than {max_name}"));
             None
         }
         Ok(d) => Some(d),
         Err(e) => {
             ctx.err(
                 path,
-                format!(
-                    "`{text}` is not a duration ({e}); write it like \"250ms\", \"30s\" or \"5m\""
-                ),
+                format!("`{text}` is not a duration ({e}); write it like \"250ms\", \"30s\", \"5m\" or \"90d\""),
             );
             None
         }

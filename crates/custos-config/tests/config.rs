@@ -146,7 +146,7 @@ targets = []
         custos.toml: 17 invalid setting(s)
           server.admin_listen: must differ from server.listen (127.0.0.1:8080): the admin API never shares the gateway listener
           server.max_body_size: unknown size unit `parsecs` in `12 parsecs`, use B, KiB, MiB or GiB
-          server.shutdown_grace: `soon` is not a duration (expected number at 0); write it like "250ms", "30s" or "5m"
+          server.shutdown_grace: `soon` is not a duration (expected number at 0); write it like "250ms", "30s", "5m" or "90d"
           log.format: unknown format `xml`, expected `text` or `json`
           providers.Bad: provider names use only a-z, 0-9, `_` and `-` (at most 64 characters)
           providers.Bad.kind: unknown kind `anthropicish`, expected `openai` or `mock`
