@@ -769,6 +769,12 @@ def measure(run: Run, t: Target, scenario: str, duration: float, profile: bool) 
             stop(perf)
             top = os.path.join(run.args.out_dir, f"perf-{t.name}-{scenario}.txt")
             with open(top, "w") as f:
+                _, flat = cmd_output(["perf", "report", "-i", perf_data, "--no-children", "-F",
+                                      "overhead,dso,sym", "--stdio"], timeout=300)
+                grouped = subprocess.run([sys.executable, os.path.join(HERE, "perf_summary.py")], input=flat,
+                                         capture_output=True, text=True).stdout
+                f.write(f"# {t.name}, scenario {scenario}: samples grouped by cost (bench/perf_summary.py)\n")
+                f.write(grouped + "\n")
                 for fields, limit in (("overhead,dso", "0.1"), ("overhead,dso,sym", "0.5")):
                     _, text = cmd_output(["perf", "report", "-i", perf_data, "--no-children", "-F", fields,
                                           "--stdio", "--percent-limit", limit], timeout=300)
