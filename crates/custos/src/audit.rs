@@ -715,3 +715,40 @@ pub type BreakerGauge = prometheus_client::metrics::family::Family<
     Vec<(String, String)>,
     prometheus_client::metrics::gauge::Gauge,
 >;
+
+/// `/readyz`: every configured model has at least one target whose circuit
+/// is not open.
+pub struct ModelsReady {
+    /// The health engine.
+    pub health: custos_health::HealthEngine,
+    /// Each public model with its targets.
+    pub models: Vec<(String, Vec<custos_health::TargetId>)>,
+}
+
+impl custos_admin::ReadyCheck for ModelsReady {
+    fn name(&self) -> &'static str {
+        "models_available"
+    }
+
+    fn check(&self) -> custos_admin::BoxFuture<'_, Result<(), String>> {
+        let open: std::collections::HashSet<custos_health::TargetId> = self
+            .health
+            .targets(tokio::time::Instant::now())
+            .into_iter()
+            .filter(|t| t.state == custos_health::BreakerState::Open)
+            .map(|t| t.target)
+            .collect();
+        let down: Vec<&str> = self
+            .models
+            .iter()
+            .filter(|(_, targets)| targets.iter().all(|t| open.contains(t)))
+            .map(|(m, _)| m.as_str())
+            .collect();
+        let result = if down.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("no available target for: {}", down.join(", ")))
+        };
+        Box::pin(async move { result })
+    }
+}

@@ -294,7 +294,7 @@ async fn serve(
             auth: Some(auth.clone()),
             audit: Some(audit.clone()),
             sinks: vec![Arc::new(LogSink)],
-            health: Some(health),
+            health: Some(health.clone()),
             capacity: Some(capacity),
         },
     );
@@ -304,6 +304,21 @@ async fn serve(
         vec![
             Box::new(crate::audit::LedgerReady(audit.clone())),
             Box::new(crate::audit::StoreReady(store.clone())),
+            Box::new(crate::audit::ModelsReady {
+                health: health.clone(),
+                models: config
+                    .models
+                    .iter()
+                    .map(|m| {
+                        let targets = m
+                            .targets
+                            .iter()
+                            .map(|t| custos_health::TargetId::new(&t.provider, &t.model))
+                            .collect();
+                        (m.name.clone(), targets)
+                    })
+                    .collect(),
+            }),
         ],
     );
 

@@ -367,3 +367,69 @@ async fn provider_credentials_come_from_the_environment_and_never_reach_logs() {
         serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("{e}: {line}"));
     }
 }
+
+#[tokio::test]
+async fn readyz_reports_a_model_whose_targets_are_all_open() {
+    let dead = custos_testkit::closed_port().await;
+    let dir = temp_dir("readyz-open");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[providers.up]\nkind = \"openai\"\nbase_url = \"http://{dead}/v1\"\n[[models]]\nname = \"m\"\ntargets = [{{ provider = \"up\" }}]\n"
+        ),
+    );
+    let p = serve(dir.path(), &["--config", &config], &[]);
+    let key = create_key(BIN, dir.path(), "m");
+    let client = reqwest::Client::new();
+    let ready = client
+        .get(format!("{}/readyz", p.admin_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    // Five connect failures in a row open the only target's breaker.
+    for _ in 0..5 {
+        let resp = client
+            .post(format!("{}/chat/completions", p.base_url()))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body(r#"{"model":"m","messages":[]}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 502);
+    }
+    let ready = client
+        .get(format!("{}/readyz", p.admin_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["checks"]["models_available"]["ok"], false, "{body}");
+    assert!(
+        body["failed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "models_available")
+    );
+    // The gauge is refreshed every second; poll for it, bounded.
+    let want = r#"custos_circuit_breaker_state{provider="up",model="m"} 2"#;
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = client
+            .get(format!("{}/metrics", p.admin_url()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains(want) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(metrics.contains(want), "{metrics}");
+}
