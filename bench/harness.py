@@ -974,7 +974,7 @@ def ratio_lines(results: dict, args) -> list[str]:
 # ---------------------------------------------------------------------------
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="bench/run", description="The Custos load benchmark; see docs/benchmarks.md.")
     p.add_argument("--quick", action="store_true",
                    help="smoke mode: 2 s per scenario, direct and Custos only (unless --targets)")
     p.add_argument("--duration", type=float, help="seconds per scenario (default 20, or 2 with --quick)")
