@@ -6,6 +6,7 @@
 mod audit;
 mod audit_cmd;
 mod keys_cmd;
+mod ledger_cmd;
 mod serve;
 mod state;
 mod telemetry;
@@ -44,6 +45,9 @@ enum Command {
     /// The audit ledger: verify, prove, export, read (read-only).
     #[command(subcommand)]
     Audit(audit_cmd::AuditCommand),
+    /// Writer operations on the audit ledger (server stopped): rotate-key.
+    #[command(subcommand)]
+    Ledger(ledger_cmd::LedgerCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -74,6 +78,10 @@ fn main() -> ExitCode {
         Command::Audit(cmd) => load_config(cli.config.as_deref()).and_then(|config| {
             let data_dir = data_dir(cli.data_dir, &config);
             audit_cmd::run(&data_dir, cmd)
+        }),
+        Command::Ledger(cmd) => load_config(cli.config.as_deref()).and_then(|config| {
+            let data_dir = data_dir(cli.data_dir, &config);
+            ledger_cmd::run(&config, &data_dir, cmd)
         }),
         Command::Keys(cmd) => load_config(cli.config.as_deref()).and_then(|config| {
             let data_dir = data_dir(cli.data_dir, &config);

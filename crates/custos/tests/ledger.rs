@@ -155,3 +155,51 @@ async fn nothing_acknowledged_is_lost_after_kill_9() {
     );
     verifies(dir.path());
 }
+
+#[tokio::test]
+async fn the_signing_key_rotates_with_the_server_stopped_and_both_keys_verify() {
+    let dir = temp_dir("ledger-rotate");
+    let data = dir.path().to_str().unwrap();
+    let mut p = serve(dir.path());
+    let key = create_key(BIN, dir.path(), "mock-*");
+    let client = reqwest::Client::new();
+    assert_eq!(chat(&client, &p, &key, "before-rotation").await, Some(200));
+    // Refused while the server holds the ledger.
+    let busy = std::process::Command::new(BIN)
+        .args(["ledger", "rotate-key", "--data-dir", data])
+        .output()
+        .unwrap();
+    assert_eq!(busy.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&busy.stderr).contains("stop it first"));
+    p.signal("TERM");
+    assert!(p.wait_exit(Duration::from_secs(10)).success());
+
+    let out = std::process::Command::new(BIN)
+        .args(["ledger", "rotate-key", "--json", "--data-dir", data])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rotation: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let new_vkey = rotation["vkey"].as_str().unwrap().to_owned();
+
+    let mut p = serve(dir.path());
+    assert_eq!(chat(&client, &p, &key, "after-rotation").await, Some(200));
+    p.signal("TERM");
+    assert!(p.wait_exit(Duration::from_secs(10)).success());
+
+    let (_, bodies) = recorded(dir.path());
+    assert!(bodies.iter().any(|b| b.event() == "ledger.key_rotated"));
+    verifies(dir.path());
+    let reader = custos_ledger::LedgerReader::open(&dir.path().join("ledger"));
+    let history = reader.verifier_history().unwrap();
+    assert_eq!(
+        history.len(),
+        2,
+        "the old key stays listed for older checkpoints"
+    );
+    assert_eq!(history[1].verifier.to_string(), new_vkey);
+}
