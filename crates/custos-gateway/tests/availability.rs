@@ -97,8 +97,10 @@ async fn every_circuit_open_is_503_with_retry_after() {
 
 #[tokio::test]
 async fn excess_concurrency_is_refused_promptly_and_nothing_hangs() {
+    // Slow enough that all six requests arrive while the first two are in
+    // flight, even on a loaded machine.
     let slow = MockUpstream::start(Reply::Delay(
-        Duration::from_millis(400),
+        Duration::from_secs(2),
         Box::new(Reply::chat("ok")),
     ))
     .await;
