@@ -459,14 +459,19 @@ class Run:
             raise RuntimeError(f"no Custos binary at {self.custos_bin} (set CUSTOS_BIN or let bench/run build it)")
         rc, default_cfg = cmd_output([self.custos_bin, "config", "default"])
         keys_rc, _ = cmd_output([self.custos_bin, "keys", "--help"])
+        audit_rc, _ = cmd_output([self.custos_bin, "audit", "--help"])
         _, version = cmd_output([self.custos_bin, "--version"])
         # The commit is known only when bench/run built the binary from this tree.
         if os.environ.get("BENCH_CUSTOS_BUILT") == "1":
             rc_git, rev = cmd_output(["git", "-C", ROOT, "describe", "--always", "--dirty"])
         else:
             rc_git, rev = 0, os.environ.get("CUSTOS_BIN_REV", "CUSTOS_BIN")
+        # Whether the ledger is on is decided per target after startup, from
+        # the data dir (see _custos); these are the binary's own hints.
         self.custos_features = {
-            "ledger": bool(re.search(r"^\s*\[ledger\]", default_cfg, re.M)),
+            "ledger": False,
+            "ledger_in_default_config": bool(re.search(r"^\s*\[ledger\]", default_cfg, re.M)),
+            "audit_command": audit_rc == 0,
             "keys": keys_rc == 0,
             "version": version.splitlines()[0] if version else "",
             "git": rev if rc_git == 0 else "",
@@ -507,8 +512,6 @@ class Run:
             "CUSTOS_LEDGER_DURABILITY": durability,
             "CUSTOS_CONFIG": cfg,
         })
-        if not feats["ledger"]:
-            t.notes.append("ledger not yet enabled: this run is the same binary as the other Custos target")
         if feats["keys"]:
             os.makedirs(data, mode=0o700, exist_ok=True)
             rc, out = cmd_output_env(
@@ -559,9 +562,14 @@ class Run:
         base = m.group(1).rstrip("/")
         t.url_json = base + "/v1/chat/completions"
         t.url_stream = t.url_json
-        if "ledger" in found["line"] and not feats["ledger"]:
-            feats["ledger"] = True
         t.wait_first_200(t0, 30)
+        ledger_on = (os.path.isdir(os.path.join(data, "ledger")) or "ledger" in found["line"]
+                     or feats["ledger_in_default_config"])
+        feats["ledger"] = feats["ledger"] or ledger_on
+        if ledger_on:
+            t.notes.append(f"ledger on, CUSTOS_LEDGER_DURABILITY={durability}")
+        else:
+            t.notes.append("ledger not yet enabled: this run is the same binary as the other Custos target")
 
     def _litellm(self, t: Target) -> None:
         if not self.args.no_install:
