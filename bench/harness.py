@@ -335,6 +335,8 @@ class Target:
         self.version = ""
         self.peak_rss_kib: int | None = None
         self.stream_headers: list[str] | None = None  # when streams need other headers
+        self.admin_url = ""  # Custos only: where /metrics is
+        self.data_dir = ""
 
     def wait_first_200(self, t0: float, timeout: float) -> None:
         body = read_fixture("request.json")
@@ -560,6 +562,9 @@ class Run:
         if not m:
             raise RuntimeError(f"unparseable ready line: {found['line']}")
         base = m.group(1).rstrip("/")
+        ma = re.search(r"admin=(\S+)", found["line"])
+        t.admin_url = ma.group(1).rstrip("/") if ma else ""
+        t.data_dir = data
         t.url_json = base + "/v1/chat/completions"
         t.url_stream = t.url_json
         t.wait_first_200(t0, 30)
@@ -668,6 +673,41 @@ class Run:
                             "Authorization: Bearer sk-bench"]
         t.notes.append("one node process (its default)")
         t.wait_first_200(t0, 60)
+
+
+def ledger_metrics(admin_url: str) -> dict | None:
+    """The ledger's own view from Custos' /metrics: records, fsyncs and their
+    latency (mean, and the p50 bucket bound), records per fsync."""
+    if not admin_url:
+        return None
+    try:
+        with urllib.request.urlopen(admin_url + "/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except (OSError, urllib.error.URLError):
+        return None
+    vals: dict[str, float] = {}
+    buckets: list[tuple[float, float]] = []
+    for line in text.splitlines():
+        m = re.match(r'(custos_ledger_\w+?)(\{le="([^"]+)"\})?\s+([0-9.eE+-]+)$', line)
+        if not m:
+            continue
+        if m.group(3) is not None and m.group(1) == "custos_ledger_fsync_seconds_bucket":
+            le = float("inf") if m.group(3) == "+Inf" else float(m.group(3))
+            buckets.append((le, float(m.group(4))))
+        else:
+            vals[m.group(1)] = float(m.group(4))
+    n = vals.get("custos_ledger_fsync_seconds_count")
+    if not n:
+        return {"records": vals.get("custos_ledger_records")} if "custos_ledger_records" in vals else None
+    p50_le = next((le for le, c in sorted(buckets) if c >= n / 2), None)
+    records = vals.get("custos_ledger_records", 0)
+    return {
+        "records": records,
+        "fsyncs": n,
+        "fsync_mean_us": vals.get("custos_ledger_fsync_seconds_sum", 0) / n * 1e6,
+        "fsync_p50_le_us": p50_le * 1e6 if p50_le not in (None, float("inf")) else None,
+        "records_per_fsync": records / n,
+    }
 
 
 def cmd_output_env(cmd: list[str], env: dict, timeout: float = 60) -> tuple[int, str]:
@@ -1072,6 +1112,20 @@ def main(argv) -> int:
                         status = 1
                     if t.proc is not None and t.proc.poll() is not None:
                         break
+            if name.startswith("custos-"):
+                lm = ledger_metrics(t.admin_url)
+                tres["ledger_metrics"] = lm
+                if lm and lm.get("fsyncs"):
+                    p50 = f", p50 ≤ {fmt_us(lm['fsync_p50_le_us'])}" if lm.get("fsync_p50_le_us") else ""
+                    t.notes.append(f"ledger: {lm['records']:,.0f} records, {lm['fsyncs']:,.0f} fsyncs "
+                                   f"({lm['records_per_fsync']:.1f} records/fsync), fsync mean "
+                                   f"{fmt_us(lm['fsync_mean_us'])}{p50}")
+                try:
+                    fd = fdatasync_latency(t.data_dir, 50)
+                    tres["fdatasync_after"] = fd
+                    t.notes.append(f"disk probe after its runs: fdatasync p50 {fmt_us(fd['p50_us'])}")
+                except OSError:
+                    pass
             tres.update(version=t.version, notes=t.notes, ready_s=t.ready_s, first_200_s=t.first_200_s,
                         peak_rss_kib=peak_rss_kib(t.pid) if t.pid else None, log=t.log_path)
             if t.proc is not None:
