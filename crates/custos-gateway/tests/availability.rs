@@ -22,6 +22,8 @@ use custos_testkit::{MockUpstream, Reply};
 use custos_types::SystemClock;
 
 const FAST: &str = r#"connect = "1s", first_byte = "2s", idle = "2s", total = "5s""#;
+/// Timeouts that let a deliberately slow upstream answer.
+const SLOW_OK: &str = r#"connect = "1s", first_byte = "10s", idle = "10s", total = "20s""#;
 
 fn health() -> HealthEngine {
     HealthEngine::new(
@@ -115,7 +117,7 @@ async fn excess_concurrency_is_refused_promptly_and_nothing_hangs() {
     });
     let gw = Arc::new(
         TestGateway::start_full(
-            &config_for(&[slow.base_url()], FAST),
+            &config_for(&[slow.base_url()], SLOW_OK),
             Hooks {
                 capacity: Some(Arc::new(limiter)),
                 ..Default::default()
