@@ -22,6 +22,18 @@ fn serve(dir: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> CustosP
     CustosProcess::serve(BIN, &args, env)
 }
 
+/// POSTs a chat body to the gateway with `key`.
+async fn post_chat(p: &CustosProcess, key: &str, body: &'static str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{}/chat/completions", p.base_url()))
+        .bearer_auth(key)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 fn write_config(dir: &std::path::Path, text: &str) -> String {
     let path = dir.join("custos.toml");
     std::fs::write(&path, text).unwrap();
@@ -49,14 +61,12 @@ async fn starts_on_the_embedded_default_and_serves_the_mock() {
     let ready: serde_json::Value = ready.json().await.unwrap();
     assert_eq!(ready["checks"]["ledger_writable"]["ok"], true, "{ready}");
     assert_eq!(ready["checks"]["state_store"]["ok"], true, "{ready}");
-    let resp = client
-        .post(format!("{}/chat/completions", p.base_url()))
-        .bearer_auth(&key)
-        .header("content-type", "application/json")
-        .body(r#"{"model":"mock-chat","messages":[{"role":"user","content":"ping"}]}"#)
-        .send()
-        .await
-        .unwrap();
+    let resp = post_chat(
+        &p,
+        &key,
+        r#"{"model":"mock-chat","messages":[{"role":"user","content":"ping"}]}"#,
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     let json: serde_json::Value = resp.json().await.unwrap();
     assert!(
@@ -127,14 +137,12 @@ targets = [{ provider = "mock" }]
     let mut p = serve(dir.path(), &["--config", &config], &[]);
     let key = create_key(BIN, dir.path(), "slow");
     let client = reqwest::Client::new();
-    let resp = client
-        .post(format!("{}/chat/completions", p.base_url()))
-        .bearer_auth(&key)
-        .header("content-type", "application/json")
-        .body(r#"{"model":"slow","stream":true,"messages":[{"role":"user","content":"a b c d e f"}]}"#)
-        .send()
-        .await
-        .unwrap();
+    let resp = post_chat(
+        &p,
+        &key,
+        r#"{"model":"slow","stream":true,"messages":[{"role":"user","content":"a b c d e f"}]}"#,
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     // The stream is in flight: its headers are here, its body is not.
     p.signal("TERM");
@@ -175,15 +183,7 @@ targets = [{ provider = "mock" }]
     );
     let mut p = serve(dir.path(), &["--config", &config], &[]);
     let key = create_key(BIN, dir.path(), "slow");
-    let client = reqwest::Client::new();
-    let resp = client
-        .post(format!("{}/chat/completions", p.base_url()))
-        .bearer_auth(&key)
-        .header("content-type", "application/json")
-        .body(r#"{"model":"slow","stream":true,"messages":[]}"#)
-        .send()
-        .await
-        .unwrap();
+    let resp = post_chat(&p, &key, r#"{"model":"slow","stream":true,"messages":[]}"#).await;
     assert_eq!(resp.status(), 200);
     let started = std::time::Instant::now();
     p.signal("INT");
@@ -326,14 +326,7 @@ async fn provider_credentials_come_from_the_environment_and_never_reach_logs() {
         &[("TEST_UPSTREAM_KEY", secret)],
     );
     let key = create_key(BIN, dir.path(), "m");
-    let resp = reqwest::Client::new()
-        .post(format!("{}/chat/completions", p.base_url()))
-        .bearer_auth(&key)
-        .header("content-type", "application/json")
-        .body(r#"{"model":"m","messages":[]}"#)
-        .send()
-        .await
-        .unwrap();
+    let resp = post_chat(&p, &key, r#"{"model":"m","messages":[]}"#).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         up.received()[0].header("authorization"),
@@ -348,14 +341,7 @@ async fn provider_credentials_come_from_the_environment_and_never_reach_logs() {
         &[("TEST_UPSTREAM_KEY", secret)],
     );
     let key = create_key(BIN, dir2.path(), "m");
-    let _ = reqwest::Client::new()
-        .post(format!("{}/chat/completions", p.base_url()))
-        .bearer_auth(&key)
-        .header("content-type", "application/json")
-        .body(r#"{"model":"m","messages":[]}"#)
-        .send()
-        .await
-        .unwrap();
+    let _ = post_chat(&p, &key, r#"{"model":"m","messages":[]}"#).await;
     let stderr = p.stderr();
     assert!(!stderr.contains(secret));
     assert!(
@@ -389,14 +375,7 @@ async fn readyz_reports_a_model_whose_targets_are_all_open() {
     assert_eq!(ready.status(), 200);
     // Five connect failures in a row open the only target's breaker.
     for _ in 0..5 {
-        let resp = client
-            .post(format!("{}/chat/completions", p.base_url()))
-            .bearer_auth(&key)
-            .header("content-type", "application/json")
-            .body(r#"{"model":"m","messages":[]}"#)
-            .send()
-            .await
-            .unwrap();
+        let resp = post_chat(&p, &key, r#"{"model":"m","messages":[]}"#).await;
         assert_eq!(resp.status(), 502);
     }
     let ready = client
