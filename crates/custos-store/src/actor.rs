@@ -41,6 +41,10 @@ pub struct Actor {
     pub mfa: bool,
     /// The client address, when known.
     pub ip: Option<IpAddr>,
+    /// The role the actor acted in (a console role such as `admin`, or an
+    /// admin token's role); `None` for the host shell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
 }
 
 impl Actor {
@@ -54,6 +58,7 @@ impl Actor {
             name: name.into(),
             mfa: false,
             ip: None,
+            role: None,
         }
     }
 }

@@ -46,7 +46,7 @@ pub use keys::{
     RevokeOutcome, RotationDue, ScopeUpdate, Updated, UsageDelta,
 };
 pub use minter::KeyMinter;
-pub use outbox::{KeyEvent, KeyEventKind, OutboxEntry};
+pub use outbox::{AdminEvent, EventTarget, KeyEvent, KeyEventKind, OutboxEntry, OutboxEvent};
 pub use snapshot::{AuthEntry, AuthKey, AuthSnapshot, Lookup};
 pub use watch::ChangeWatcher;
 

@@ -100,6 +100,141 @@ pub struct KeyEvent {
     pub reason: Option<String>,
 }
 
+/// The current version of [`AdminEvent`]'s JSON shape.
+pub const ADMIN_EVENT_VERSION: u32 = 1;
+
+/// The object of an [`AdminEvent`], such as a user or an incident.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventTarget {
+    /// Its kind, such as `user`, `admin_token` or `incident`;
+    /// `[a-z0-9_.]{1,64}`.
+    pub kind: String,
+    /// Its identifier.
+    pub id: String,
+}
+
+/// Any audited event other than a key lifecycle change: console sign-ins
+/// and user changes, admin tokens, incidents, evidence packs. Written to
+/// the outbox like a [`KeyEvent`] (in the transaction of the change it
+/// describes, or on its own with [`crate::Store::record_event`]) and
+/// drained into the ledger as an `admin` record. Like `KeyEvent`, it never
+/// carries a secret, a password hash or a TOTP seed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminEvent {
+    /// The payload format version, [`ADMIN_EVENT_VERSION`].
+    pub v: u32,
+    /// The event name, such as `user.created`, `login.failed` or
+    /// `incident.opened`: `[a-z0-9_.]{1,64}`, and never `key.*`. The
+    /// ledger record's `action` is its last dot-separated part.
+    pub kind: String,
+    /// What the event is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<EventTarget>,
+    /// When, in milliseconds since the Unix epoch.
+    pub at_ms: i64,
+    /// Who did it.
+    pub actor: Actor,
+    /// What changed, by field name (`[a-z0-9_.]` names; values are JSON
+    /// scalars, anything else is recorded as its JSON text).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub changes: BTreeMap<String, FieldChange>,
+    /// Free-text reason or note.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl AdminEvent {
+    /// An event of `kind` by `actor` at `at` with no target and no changes.
+    pub fn new(kind: impl Into<String>, actor: Actor, at: SystemTime) -> Self {
+        AdminEvent {
+            v: ADMIN_EVENT_VERSION,
+            kind: kind.into(),
+            target: None,
+            at_ms: to_ms(at),
+            actor,
+            changes: BTreeMap::new(),
+            reason: None,
+        }
+    }
+
+    /// Sets the target.
+    #[must_use]
+    pub fn target(mut self, kind: impl Into<String>, id: impl Into<String>) -> Self {
+        self.target = Some(EventTarget {
+            kind: kind.into(),
+            id: id.into(),
+        });
+        self
+    }
+
+    /// Adds a changed field.
+    #[must_use]
+    pub fn change(
+        mut self,
+        field: impl Into<String>,
+        before: impl Into<serde_json::Value>,
+        after: impl Into<serde_json::Value>,
+    ) -> Self {
+        self.changes.insert(
+            field.into(),
+            FieldChange {
+                before: before.into(),
+                after: after.into(),
+            },
+        );
+        self
+    }
+
+    /// Adds a field that was set (no previous value).
+    #[must_use]
+    pub fn set(self, field: impl Into<String>, after: impl Into<serde_json::Value>) -> Self {
+        self.change(field, serde_json::Value::Null, after)
+    }
+
+    /// Sets the reason.
+    #[must_use]
+    pub fn reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        let ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
+        };
+        let bad = |reason: String| StoreError::Invalid {
+            field: "event",
+            reason,
+        };
+        if !ok(&self.kind) || self.kind.starts_with("key.") {
+            return Err(bad(format!(
+                "kind {:?} is not a valid event name",
+                self.kind
+            )));
+        }
+        if let Some(t) = &self.target
+            && !ok(&t.kind)
+        {
+            return Err(bad(format!("target kind {:?} is not valid", t.kind)));
+        }
+        Ok(())
+    }
+}
+
+/// A decoded outbox payload.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutboxEvent {
+    /// A key lifecycle change (`key.*`).
+    Key(KeyEvent),
+    /// Anything else.
+    Admin(AdminEvent),
+}
+
 /// A pending outbox row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxEntry {
@@ -123,6 +258,54 @@ impl OutboxEntry {
             reason: e.to_string(),
         })
     }
+
+    /// Decodes the payload, whichever kind it is.
+    pub fn event(&self) -> Result<OutboxEvent> {
+        let corrupt = |e: serde_json::Error| StoreError::CorruptRow {
+            table: "outbox",
+            id: self.id.to_string(),
+            reason: e.to_string(),
+        };
+        if self.kind.starts_with("key.") {
+            self.key_event().map(OutboxEvent::Key)
+        } else {
+            serde_json::from_str(&self.payload_json)
+                .map(OutboxEvent::Admin)
+                .map_err(corrupt)
+        }
+    }
+}
+
+/// Appends a non-key `event` to the outbox on `conn`, which must be inside
+/// the transaction that makes the change it describes. Returns the outbox
+/// ID.
+pub(crate) async fn insert_event(conn: &mut AnyConnection, event: &AdminEvent) -> Result<i64> {
+    event.validate()?;
+    let payload = serde_json::to_string(event).map_err(|e| StoreError::CorruptRow {
+        table: "outbox",
+        id: event.kind.clone(),
+        reason: e.to_string(),
+    })?;
+    insert_row(conn, event.at_ms, &event.kind, payload).await
+}
+
+async fn insert_row(
+    conn: &mut AnyConnection,
+    at_ms: i64,
+    kind: &str,
+    payload: String,
+) -> Result<i64> {
+    let row = sqlx::query(
+        "INSERT INTO outbox (created_at, kind, payload_json, drained_at) \
+         VALUES ($1, $2, $3, NULL) RETURNING id",
+    )
+    .bind(at_ms)
+    .bind(kind)
+    .bind(payload)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(StoreError::Database)?;
+    row.try_get::<i64, _>(0).map_err(StoreError::Database)
 }
 
 /// Appends `event` to the outbox on `conn`, which must be inside the
@@ -133,20 +316,18 @@ pub(crate) async fn insert(conn: &mut AnyConnection, event: &KeyEvent) -> Result
         id: event.key_id.to_string(),
         reason: e.to_string(),
     })?;
-    let row = sqlx::query(
-        "INSERT INTO outbox (created_at, kind, payload_json, drained_at) \
-         VALUES ($1, $2, $3, NULL) RETURNING id",
-    )
-    .bind(event.at_ms)
-    .bind(event.kind.as_str())
-    .bind(payload)
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(StoreError::Database)?;
-    row.try_get::<i64, _>(0).map_err(StoreError::Database)
+    insert_row(conn, event.at_ms, event.kind.as_str(), payload).await
 }
 
 impl crate::Store {
+    /// Records an event that changes nothing in the store (a failed sign-in,
+    /// an evidence pack written) through the outbox, so that it reaches the
+    /// ledger with the same at-least-once guarantee. Returns the outbox ID.
+    pub async fn record_event(&self, event: &AdminEvent) -> Result<i64> {
+        let mut conn = self.pool.acquire().await.map_err(|e| self.db_err(e))?;
+        insert_event(&mut conn, event).await
+    }
+
     /// Up to `limit` undrained events, oldest first.
     pub async fn outbox_pending(&self, limit: u32) -> Result<Vec<OutboxEntry>> {
         let rows = sqlx::query(

@@ -17,7 +17,7 @@ use custos_gateway::auth::BoxFuture;
 use custos_gateway::{AuditSink, AuditUnavailable, RequestOutcome};
 use custos_ledger::{CheckpointSink, DirSink, Ledger, LedgerError, LedgerOptions, RecoveryReport};
 use custos_record::{Admin, AdminActor, Change, RecordBody, Scalar, System, Target, Via};
-use custos_store::{ActorKind, Store};
+use custos_store::{ActorKind, OutboxEvent, Store};
 use custos_types::SystemClock;
 use std::io::Write as _;
 use std::sync::Mutex;
@@ -358,12 +358,55 @@ fn key_event_record(id: i64, event: &custos_store::KeyEvent) -> Admin {
         custos_store::KeyEventKind::Rotated => "rotate",
         custos_store::KeyEventKind::Revoked => "revoke",
     };
+    admin_record(
+        id,
+        OutboxFields {
+            kind: event.kind.as_str(),
+            action,
+            at_ms: event.at_ms,
+            actor: &event.actor,
+            target: Some(("key", event.key_id.to_string())),
+            changes: &event.changes,
+            reason: event.reason.as_deref(),
+        },
+    )
+}
+
+/// The admin record for any other outbox event (users, sign-ins, tokens,
+/// incidents, evidence packs). The action is the kind's last part.
+fn admin_event_record(id: i64, event: &custos_store::AdminEvent) -> Admin {
+    let action = event.kind.rsplit('.').next().unwrap_or(&event.kind);
+    admin_record(
+        id,
+        OutboxFields {
+            kind: &event.kind,
+            action,
+            at_ms: event.at_ms,
+            actor: &event.actor,
+            target: event
+                .target
+                .as_ref()
+                .map(|t| (t.kind.as_str(), t.id.clone())),
+            changes: &event.changes,
+            reason: event.reason.as_deref(),
+        },
+    )
+}
+
+/// What an outbox event of either shape contributes to its admin record.
+struct OutboxFields<'a> {
+    kind: &'a str,
+    action: &'a str,
+    at_ms: i64,
+    actor: &'a custos_store::Actor,
+    target: Option<(&'a str, String)>,
+    changes: &'a BTreeMap<String, custos_store::outbox::FieldChange>,
+    reason: Option<&'a str>,
+}
+
+fn admin_record(id: i64, f: OutboxFields<'_>) -> Admin {
     let mut changes = BTreeMap::new();
-    for (field, change) in event
-        .changes
-        .iter()
-        .take(custos_record::MAX_MAP_ENTRIES - 2)
-    {
+    for (field, change) in f.changes.iter().take(custos_record::MAX_MAP_ENTRIES - 2) {
         let name = change_name(field);
         let (before, after) = (json_scalar(&change.before), json_scalar(&change.after));
         if before.is_some() || after.is_some() {
@@ -383,33 +426,35 @@ fn key_event_record(id: i64, event: &custos_store::KeyEvent) -> Admin {
         "occurred_at_ms".into(),
         Change {
             before: None,
-            after: Some(Scalar::from(event.at_ms)),
+            after: Some(Scalar::from(f.at_ms)),
         },
     );
+    let actor = f.actor;
     Admin {
-        event: event.kind.as_str().to_owned(),
+        event: f.kind.to_owned(),
         actor: AdminActor {
-            ip: event.actor.ip,
-            mfa: event.actor.mfa,
-            role: match event.actor.kind {
-                ActorKind::Cli => "host_shell".to_owned(),
-                ActorKind::Api => "api_token".to_owned(),
-                ActorKind::User => "console_user".to_owned(),
+            ip: actor.ip,
+            mfa: actor.mfa,
+            role: match (&actor.role, actor.kind) {
+                (Some(role), _) => custos_record::truncate_text(role),
+                (None, ActorKind::Cli) => "host_shell".to_owned(),
+                (None, ActorKind::Api) => "api_token".to_owned(),
+                (None, ActorKind::User) => "console_user".to_owned(),
             },
-            user: custos_record::truncate_text(&event.actor.name),
-            via: match event.actor.kind {
+            user: custos_record::truncate_text(&actor.name),
+            via: match actor.kind {
                 ActorKind::Cli => Via::Cli,
                 ActorKind::Api => Via::Api,
                 ActorKind::User => Via::Console,
             },
         },
-        action: action.to_owned(),
-        target: Some(Target {
-            id: event.key_id.to_string(),
-            kind: "key".into(),
+        action: f.action.to_owned(),
+        target: f.target.map(|(kind, id)| Target {
+            id,
+            kind: kind.to_owned(),
         }),
         changes,
-        reason: event.reason.as_deref().map(|r| {
+        reason: f.reason.map(|r| {
             r.chars()
                 .take(custos_record::MAX_REASON_BYTES / 4)
                 .collect()
@@ -486,8 +531,13 @@ pub async fn drain_once(
         }
         for entry in &pending {
             if !already.contains(&entry.id) {
-                let body = match entry.key_event() {
-                    Ok(event) => RecordBody::Admin(key_event_record(entry.id, &event)),
+                let body = match entry.event() {
+                    Ok(OutboxEvent::Key(event)) => {
+                        RecordBody::Admin(key_event_record(entry.id, &event))
+                    }
+                    Ok(OutboxEvent::Admin(event)) => {
+                        RecordBody::Admin(admin_event_record(entry.id, &event))
+                    }
                     Err(e) => unrecordable(entry, &e.to_string()),
                 };
                 let ticket = match ledger.append(body) {

@@ -96,6 +96,7 @@ pub fn api_actor() -> Actor {
         name: "deploy-bot".into(),
         mfa: true,
         ip: Some("192.0.2.7".parse().unwrap()),
+        role: Some("key_manager".into()),
     }
 }
 
@@ -989,6 +990,40 @@ pub async fn outbox_lifecycle(ctx: &Ctx) {
     );
 }
 
+pub async fn admin_events_round_trip(ctx: &Ctx) {
+    let at = custos_types::Clock::now(&*ctx.clock);
+    let event = custos_store::AdminEvent::new("login.failed", api_actor(), at)
+        .target("user", "alice")
+        .set("attempts", 3)
+        .change("state", "active", "locked")
+        .reason("too many failures");
+    let id = ctx.store.record_event(&event).await.unwrap();
+    let pending = ctx.store.outbox_pending(10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].id, id);
+    assert_eq!(pending[0].kind, "login.failed");
+    match pending[0].event().unwrap() {
+        custos_store::OutboxEvent::Admin(back) => assert_eq!(back, event),
+        other => panic!("decoded as {other:?}"),
+    }
+    // A key event still decodes as one.
+    ctx.create(new_key("svc")).await;
+    let pending = ctx.store.outbox_pending(10).await.unwrap();
+    assert!(matches!(
+        pending[1].event().unwrap(),
+        custos_store::OutboxEvent::Key(_)
+    ));
+    // Bad names never reach the outbox, and key.* is reserved.
+    for kind in ["key.created", "Login", "", "a b"] {
+        let bad = custos_store::AdminEvent::new(kind, cli("a"), at);
+        let err = ctx.store.record_event(&bad).await.unwrap_err();
+        assert!(matches!(err, StoreError::Invalid { .. }), "{kind}: {err}");
+    }
+    let bad = custos_store::AdminEvent::new("user.created", cli("a"), at).target("User!", "x");
+    assert!(ctx.store.record_event(&bad).await.is_err());
+    assert_eq!(ctx.count("SELECT COUNT(*) FROM outbox").await, 2);
+}
+
 pub async fn outbox_rolls_back_with_the_change(ctx: &Ctx) {
     let generation = ctx.store.keys().generation().await.unwrap();
     // The create writes its key row and its event, then fails on the
@@ -1423,6 +1458,7 @@ macro_rules! scenarios {
             revocation_is_final,
             expiry,
             outbox_lifecycle,
+            admin_events_round_trip,
             outbox_rolls_back_with_the_change,
             touch_last_used_in_batches,
             usage_counters,
