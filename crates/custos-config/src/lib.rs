@@ -48,6 +48,24 @@ pub struct Config {
     pub keys: KeysConfig,
     /// The audit ledger.
     pub ledger: LedgerConfig,
+    /// `[health]`: per-target windows, circuit breakers, active probes.
+    pub health: custos_health::HealthSettings,
+    /// `[limits]`: global, per-model and per-key concurrency limits.
+    pub limits: custos_health::CapacitySettings,
+    /// `[incidents]`: detection thresholds, recovery, webhooks.
+    pub incidents: custos_health::IncidentSettings,
+    /// `[timeseries]`: per-minute aggregates.
+    pub timeseries: TimeseriesConfig,
+}
+
+/// `[timeseries]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeseriesConfig {
+    /// How long per-minute aggregates are kept (default 400 days, so that a
+    /// 12-month audit period plus its review fits).
+    pub retention: Duration,
+    /// How often completed minutes are written to the store (default 15 s).
+    pub flush_interval: Duration,
 }
 
 /// `[keys]`.

@@ -27,6 +27,28 @@ pub struct RawConfig {
     /// `[ledger]`.
     #[serde(default)]
     pub ledger: RawLedger,
+    /// `[health]`: upstream health windows, breakers and probes.
+    #[serde(default)]
+    pub health: custos_health::config::RawHealth,
+    /// `[limits]`: concurrency limits and wait queues.
+    #[serde(default)]
+    pub limits: custos_health::config::RawLimits,
+    /// `[incidents]`: model-availability incidents and their webhooks.
+    #[serde(default)]
+    pub incidents: custos_health::config::RawIncidents,
+    /// `[timeseries]`: per-minute aggregates in the state store.
+    #[serde(default)]
+    pub timeseries: RawTimeseries,
+}
+
+/// `[timeseries]`: the per-minute aggregates kept in the state store.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeseries {
+    /// Keep per-minute aggregates this long.
+    pub retention: Option<String>,
+    /// How often completed minutes are written to the store.
+    pub flush_interval: Option<String>,
 }
 
 /// `[keys]`: API key policy.

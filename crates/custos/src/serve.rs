@@ -268,10 +268,9 @@ async fn serve(
     tokio::spawn(ledger_metrics.clone().run(audit.clone()));
 
     // Availability: circuit breakers per target (every change recorded in
-    // the ledger) and concurrency limits with bounded queues. Defaults for
-    // now; their configuration sections come with the incident wiring.
+    // the ledger) and concurrency limits with bounded queues.
     let health = custos_health::HealthEngine::new(
-        custos_health::HealthSettings::default(),
+        config.health.clone(),
         Arc::new(SystemClock),
         Arc::new(crate::audit::BreakerToLedger(audit.clone())),
     );
@@ -282,9 +281,7 @@ async fn serve(
         breaker_gauge.clone(),
     );
     tokio::spawn(crate::audit::breaker_gauges(health.clone(), breaker_gauge));
-    let capacity = Arc::new(custos_health::CapacityLimiter::new(
-        custos_health::CapacitySettings::default(),
-    ));
+    let capacity = Arc::new(custos_health::CapacityLimiter::new(config.limits.clone()));
 
     let gateway = Gateway::new(
         &config,
