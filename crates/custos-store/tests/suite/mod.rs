@@ -1070,25 +1070,25 @@ pub async fn incidents_round_trip(ctx: &Ctx) {
         .incidents(&IncidentQuery::default())
         .await
         .unwrap();
-    assert_eq!(ids(all), [c.id.clone(), b.id.clone(), a.id.clone()]);
+    assert_eq!(ids(all), [c.id.as_str(), b.id.as_str(), a.id.as_str()]);
     let q = IncidentQuery {
         model: Some("gpt-4o".into()),
         active_only: true,
         ..IncidentQuery::default()
     };
-    assert_eq!(ids(ctx.store.incidents(&q).await.unwrap()), [b.id.clone()]);
+    assert_eq!(ids(ctx.store.incidents(&q).await.unwrap()), [b.id.as_str()]);
     let q = IncidentQuery {
         since: Some(UNIX_EPOCH + Duration::from_secs(day + 1)),
         until: Some(UNIX_EPOCH + Duration::from_secs(day + 86_400)),
         ..IncidentQuery::default()
     };
-    assert_eq!(ids(ctx.store.incidents(&q).await.unwrap()), [b.id.clone()]);
+    assert_eq!(ids(ctx.store.incidents(&q).await.unwrap()), [b.id.as_str()]);
     let q = IncidentQuery {
         severity: Some(Severity::Sev2),
         limit: Some(1),
         ..IncidentQuery::default()
     };
-    assert_eq!(ids(ctx.store.incidents(&q).await.unwrap()), [c.id.clone()]);
+    assert_eq!(ids(ctx.store.incidents(&q).await.unwrap()), [c.id.as_str()]);
     assert_eq!(
         IncidentStore::max_sequence(&ctx.store, "20250615")
             .await
