@@ -53,6 +53,16 @@ pub struct UpstreamErrorLabels {
     pub kind: &'static str,
 }
 
+/// Labels of requests refused by authentication, authorisation, rate
+/// limits, budgets or capacity limits.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectionLabels {
+    /// The HTTP status: `401`, `403`, `429` or `503`.
+    pub status: u16,
+    /// The error code, such as `invalid_api_key` or `rate_limit_exceeded`.
+    pub code: String,
+}
+
 /// Labels of token counters.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TokenLabels {
@@ -72,6 +82,7 @@ pub struct Metrics {
     overhead: Family<EndpointLabels, Histogram>,
     tokens: Family<TokenLabels, Counter>,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    rejections: Family<RejectionLabels, Counter>,
     in_flight: Gauge<i64, AtomicI64>,
 }
 
@@ -96,6 +107,7 @@ impl Metrics {
             overhead: Family::new_with_constructor(latency_histogram),
             tokens: Family::default(),
             upstream_errors: Family::default(),
+            rejections: Family::default(),
             in_flight: Gauge::default(),
         };
         registry.register(
@@ -129,6 +141,11 @@ impl Metrics {
             m.upstream_errors.clone(),
         );
         registry.register(
+            "custos_rejections",
+            "Requests refused by authentication (401), authorisation (403), rate limits and budgets (429) or capacity (503 capacity_exceeded), by code",
+            m.rejections.clone(),
+        );
+        registry.register(
             "custos_in_flight_requests",
             "Requests currently being served",
             m.in_flight.clone(),
@@ -156,6 +173,20 @@ impl Metrics {
             "unknown".to_owned()
         }
     }
+}
+
+/// The code of a refusal worth counting, bounded to the gateway's own code
+/// names (they come from `GatewayError::code`, never from a client).
+fn rejection_code(status: u16, code: Option<&str>) -> Option<&str> {
+    let code = code?;
+    let ours = !code.is_empty()
+        && code.len() <= 48
+        && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+        // An upstream's own 429 passed through is not our refusal.
+        && !code.starts_with("upstream");
+    let refusal = matches!(status, 401 | 403 | 429)
+        || (status == 503 && code.ends_with("capacity_exceeded"));
+    (ours && refusal).then_some(code)
 }
 
 impl OutcomeSink for Metrics {
@@ -206,6 +237,14 @@ impl OutcomeSink for Metrics {
                 })
                 .observe(last.duration.as_secs_f64());
         }
+        if let Some(code) = rejection_code(o.status, o.error_code.as_deref()) {
+            self.rejections
+                .get_or_create(&RejectionLabels {
+                    status: o.status,
+                    code: code.to_owned(),
+                })
+                .inc();
+        }
         for attempt in &o.attempts {
             if let Some(kind) = attempt.error {
                 self.upstream_errors
@@ -229,5 +268,31 @@ impl OutcomeSink for Metrics {
                     .inc_by(n);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rejection_code;
+
+    #[test]
+    fn only_our_refusals_are_counted_with_bounded_codes() {
+        assert_eq!(
+            rejection_code(401, Some("invalid_api_key")),
+            Some("invalid_api_key")
+        );
+        assert_eq!(
+            rejection_code(429, Some("rate_limit_exceeded")),
+            Some("rate_limit_exceeded")
+        );
+        assert_eq!(
+            rejection_code(503, Some("capacity_exceeded")),
+            Some("capacity_exceeded")
+        );
+        assert_eq!(rejection_code(503, Some("audit_unavailable")), None);
+        assert_eq!(rejection_code(429, Some("upstream_error")), None);
+        assert_eq!(rejection_code(400, Some("invalid_json")), None);
+        assert_eq!(rejection_code(401, Some("Bad Code")), None);
+        assert_eq!(rejection_code(401, None), None);
     }
 }

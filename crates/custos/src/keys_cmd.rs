@@ -2,6 +2,7 @@
 //! keys in the data directory a running server uses. The server sees each
 //! change on its next request.
 
+use crate::table::text;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -467,17 +468,6 @@ fn key_json(r: &KeyRecord, now: SystemTime, due_at: SystemTime) -> Value {
     })
 }
 
-fn text(v: &Value) -> String {
-    match v {
-        Value::Null => "-".to_owned(),
-        Value::String(s) if s.is_empty() => "-".to_owned(),
-        Value::String(s) => s.clone(),
-        Value::Array(items) if items.is_empty() => "-".to_owned(),
-        Value::Array(items) => items.iter().map(text).collect::<Vec<_>>().join(","),
-        other => other.to_string(),
-    }
-}
-
 fn print_key(v: &Value) {
     for field in [
         "id",
@@ -517,35 +507,5 @@ fn print_table(rows: &[Value]) {
         "last_used_at",
         "rotation_due_at",
     ];
-    let cells: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| cols.iter().map(|c| text(&r[*c])).collect())
-        .collect();
-    let widths: Vec<usize> = cols
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            cells
-                .iter()
-                .map(|r| r[i].chars().count())
-                .chain([c.len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |items: Vec<String>| {
-        items
-            .iter()
-            .zip(&widths)
-            .map(|(s, w)| format!("{s:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-    };
-    println!("{}", line(cols.iter().map(|c| c.to_uppercase()).collect()));
-    for row in cells {
-        println!("{}", line(row));
-    }
-    if rows.is_empty() {
-        println!("(no keys)");
-    }
+    crate::table::print_table(&cols, rows, "(no keys)");
 }

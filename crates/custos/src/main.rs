@@ -5,10 +5,13 @@
 
 mod audit;
 mod audit_cmd;
+mod incidents;
+mod incidents_cmd;
 mod keys_cmd;
 mod ledger_cmd;
 mod serve;
 mod state;
+mod table;
 mod telemetry;
 
 use std::path::{Path, PathBuf};
@@ -32,7 +35,7 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-#[expect(clippy::large_enum_variant, reason = "parsed once per process")]
+#[allow(clippy::large_enum_variant, reason = "parsed once per process")]
 enum Command {
     /// Runs the gateway and admin listeners.
     Serve,
@@ -45,6 +48,9 @@ enum Command {
     /// The audit ledger: verify, prove, export, read (read-only).
     #[command(subcommand)]
     Audit(audit_cmd::AuditCommand),
+    /// Model-availability incidents: list, show, ack, note, resolve, postmortem.
+    #[command(subcommand)]
+    Incidents(incidents_cmd::IncidentsCommand),
     /// Writer operations on the audit ledger (server stopped): rotate-key.
     #[command(subcommand)]
     Ledger(ledger_cmd::LedgerCommand),
@@ -82,6 +88,10 @@ fn main() -> ExitCode {
         Command::Ledger(cmd) => load_config(cli.config.as_deref()).and_then(|config| {
             let data_dir = data_dir(cli.data_dir, &config);
             ledger_cmd::run(&config, &data_dir, cmd)
+        }),
+        Command::Incidents(cmd) => load_config(cli.config.as_deref()).and_then(|config| {
+            let data_dir = data_dir(cli.data_dir, &config);
+            incidents_cmd::run(&config, &data_dir, cmd)
         }),
         Command::Keys(cmd) => load_config(cli.config.as_deref()).and_then(|config| {
             let data_dir = data_dir(cli.data_dir, &config);

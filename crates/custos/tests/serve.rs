@@ -11,34 +11,11 @@
 use std::process::Command;
 use std::time::Duration;
 
-use custos_testkit::{CustosProcess, MockUpstream, Reply, create_key, temp_dir};
+use custos_testkit::{MockUpstream, Reply, create_key, temp_dir};
 
-const BIN: &str = env!("CARGO_BIN_EXE_custos");
+mod common;
 
-fn serve(dir: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> CustosProcess {
-    let dir = dir.to_str().unwrap();
-    let mut args = vec!["--data-dir", dir];
-    args.extend_from_slice(extra);
-    CustosProcess::serve(BIN, &args, env)
-}
-
-/// POSTs a chat body to the gateway with `key`.
-async fn post_chat(p: &CustosProcess, key: &str, body: &'static str) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(format!("{}/chat/completions", p.base_url()))
-        .bearer_auth(key)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-}
-
-fn write_config(dir: &std::path::Path, text: &str) -> String {
-    let path = dir.join("custos.toml");
-    std::fs::write(&path, text).unwrap();
-    path.to_str().unwrap().to_owned()
-}
+use common::{BIN, post_chat, serve, write_config};
 
 #[tokio::test]
 async fn starts_on_the_embedded_default_and_serves_the_mock() {
