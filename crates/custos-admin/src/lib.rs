@@ -229,6 +229,13 @@ fn openmetrics_to_prometheus(text: &str) -> String {
     out
 }
 
+async fn not_found() -> Response {
+    json_response(
+        StatusCode::NOT_FOUND,
+        json!({"error": {"message": "no such admin route", "type": "invalid_request_error", "param": null, "code": "unknown_url"}}),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::openmetrics_to_prometheus;
@@ -247,11 +254,4 @@ mod tests {
              lat_bucket{le=\"+Inf\"} 1\nlat_sum 0.5\nlat_count 1\n# TYPE g gauge\ng 2\n"
         );
     }
-}
-
-async fn not_found() -> Response {
-    json_response(
-        StatusCode::NOT_FOUND,
-        json!({"error": {"message": "no such admin route", "type": "invalid_request_error", "param": null, "code": "unknown_url"}}),
-    )
 }
