@@ -363,3 +363,46 @@ async fn incident_commands_work_without_a_server_and_refuse_bad_input() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn active_probes_open_a_dead_targets_circuit_without_traffic() {
+    let dead = custos_testkit::closed_port().await;
+    let dir = temp_dir("probes");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            r#"
+[providers.up]
+kind = "openai"
+base_url = "http://{dead}/v1"
+
+[[models]]
+name = "m"
+targets = [{{ provider = "up" }}]
+
+[health.breaker]
+consecutive_failures = 3
+
+[health.probes]
+enabled = true
+interval = "1s"
+"#
+        ),
+    );
+    let p = serve(dir.path(), &["--config", &config], &[]);
+    let client = reqwest::Client::new();
+    let not_ready = eventually(Duration::from_secs(10), || async {
+        let resp = client
+            .get(format!("{}/readyz", p.admin_url()))
+            .send()
+            .await
+            .unwrap();
+        (resp.status() == 503).then_some(resp.json::<Value>().await.unwrap())
+    })
+    .await
+    .unwrap_or_else(|| panic!("probes never opened the circuit; stderr:\n{}", p.stderr()));
+    assert_eq!(
+        not_ready["checks"]["models_available"]["ok"], false,
+        "{not_ready}"
+    );
+}
