@@ -84,3 +84,27 @@ def test_known_requests_produce_the_expected_series(server):
     assert text.endswith("# EOF\n")
     found = samples(parse_openmetrics(text))
     assert value(found, "custos_rejections_total", status="401", code="malformed_api_key") == 1
+
+
+def test_per_key_series_only_when_the_operator_opts_in(tmp_path):
+    import subprocess
+
+    from conftest import BIN
+
+    default = subprocess.run([BIN, "config", "default"], check=True, capture_output=True, text=True).stdout
+    config = tmp_path / "custos.toml"
+    config.write_text(default + "\n[metrics]\nper_key = true\n")
+    server = start_custos(args=("--config", str(config)))
+    try:
+        created = create_key(server, "--name", "per-key", "--models", "mock-chat")
+        client = openai.OpenAI(base_url=server.base_url, api_key=created["secret"], max_retries=0)
+        for _ in range(2):
+            client.chat.completions.create(model="mock-chat", messages=[{"role": "user", "content": "hi"}])
+        _, text = scrape(server)
+        found = samples(parse_prometheus(text))
+        assert value(found, "custos_key_requests_total", key_id=created["id"], kind="2xx") == 2
+        assert value(found, "custos_key_tokens_total", key_id=created["id"], kind="prompt") > 0
+        # The secret never appears, only the ID.
+        assert created["secret"] not in text
+    finally:
+        stop_custos(server)

@@ -56,6 +56,17 @@ pub struct Config {
     pub incidents: custos_health::IncidentSettings,
     /// `[timeseries]`: per-minute aggregates.
     pub timeseries: TimeseriesConfig,
+    /// `[metrics]`.
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Whether `/metrics` carries per-key series (`custos_key_requests`,
+    /// `custos_key_tokens`), one per key ID. Off by default: label sets
+    /// stay bounded by configuration, not by the number of keys.
+    pub per_key: bool,
 }
 
 /// `[timeseries]`.

@@ -39,6 +39,17 @@ pub struct RawConfig {
     /// `[timeseries]`: per-minute aggregates in the state store.
     #[serde(default)]
     pub timeseries: RawTimeseries,
+    /// `[metrics]`: what `/metrics` exposes.
+    #[serde(default)]
+    pub metrics: RawMetrics,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// Adds per-key series (labelled with key IDs); off by default.
+    pub per_key: Option<bool>,
 }
 
 /// `[timeseries]`: the per-minute aggregates kept in the state store.

@@ -9,8 +9,8 @@ use std::time::Duration;
 use crate::raw::{RawConfig, RawModel, RawProvider, RawSize, RawTimeouts};
 use crate::{
     Config, CredentialSource, Durability, FieldError, KeysConfig, LedgerConfig, LedgerSink,
-    LogConfig, LogFormat, MockSettings, ModelConfig, OpenAiSettings, ProviderConfig, ProviderKind,
-    ServerConfig, TargetConfig, Timeouts, TimeseriesConfig,
+    LogConfig, LogFormat, MetricsConfig, MockSettings, ModelConfig, OpenAiSettings, ProviderConfig,
+    ProviderKind, ServerConfig, TargetConfig, Timeouts, TimeseriesConfig,
 };
 
 /// Default largest request body: 8 MiB, room for a few inline images.
@@ -133,6 +133,9 @@ pub(crate) fn validate(
         limits: limits?,
         incidents: incidents?,
         timeseries: timeseries?,
+        metrics: MetricsConfig {
+            per_key: raw.metrics.per_key.unwrap_or(false),
+        },
     })
 }
 

@@ -72,6 +72,21 @@ pub struct TokenLabels {
     pub kind: &'static str,
 }
 
+/// Labels of the opt-in per-key series.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyLabels {
+    /// The key ID (never the secret).
+    pub key_id: String,
+    /// `2xx`, `4xx`, `5xx`, `disconnect`, or for tokens `prompt` /
+    /// `completion`.
+    pub kind: &'static str,
+}
+
+struct PerKey {
+    requests: Family<KeyLabels, Counter>,
+    tokens: Family<KeyLabels, Counter>,
+}
+
 /// The gateway's metric families.
 pub struct Metrics {
     known_models: HashSet<String>,
@@ -83,6 +98,8 @@ pub struct Metrics {
     tokens: Family<TokenLabels, Counter>,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
     rejections: Family<RejectionLabels, Counter>,
+    /// Per-key series, only when the operator opts in.
+    per_key: Option<PerKey>,
     in_flight: Gauge<i64, AtomicI64>,
 }
 
@@ -97,6 +114,7 @@ impl Metrics {
         registry: &mut Registry,
         models: impl IntoIterator<Item = &'a str>,
         providers: impl IntoIterator<Item = &'a str>,
+        per_key: bool,
     ) -> Arc<Self> {
         let m = Metrics {
             known_models: models.into_iter().map(str::to_owned).collect(),
@@ -108,8 +126,24 @@ impl Metrics {
             tokens: Family::default(),
             upstream_errors: Family::default(),
             rejections: Family::default(),
+            per_key: per_key.then(|| PerKey {
+                requests: Family::default(),
+                tokens: Family::default(),
+            }),
             in_flight: Gauge::default(),
         };
+        if let Some(k) = &m.per_key {
+            registry.register(
+                "custos_key_requests",
+                "Requests per API key and status class (metrics.per_key = true)",
+                k.requests.clone(),
+            );
+            registry.register(
+                "custos_key_tokens",
+                "Tokens per API key and kind (metrics.per_key = true)",
+                k.tokens.clone(),
+            );
+        }
         registry.register(
             "custos_requests",
             "Requests by endpoint, model requested, model served, provider and status class",
@@ -184,8 +218,8 @@ fn rejection_code(status: u16, code: Option<&str>) -> Option<&str> {
         && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
         // An upstream's own 429 passed through is not our refusal.
         && !code.starts_with("upstream");
-    let refusal = matches!(status, 401 | 403 | 429)
-        || (status == 503 && code.ends_with("capacity_exceeded"));
+    let refusal =
+        matches!(status, 401 | 403 | 429) || (status == 503 && code.ends_with("capacity_exceeded"));
     (ours && refusal).then_some(code)
 }
 
@@ -236,6 +270,28 @@ impl OutcomeSink for Metrics {
                     provider: provider.clone(),
                 })
                 .observe(last.duration.as_secs_f64());
+        }
+        if let (Some(k), Some(actor)) = (&self.per_key, &o.actor) {
+            let key_id = actor.key_id.to_string();
+            k.requests
+                .get_or_create(&KeyLabels {
+                    key_id: key_id.clone(),
+                    kind: status_class,
+                })
+                .inc();
+            if let Some(usage) = o.usage {
+                for (kind, n) in [
+                    ("prompt", usage.prompt_tokens),
+                    ("completion", usage.completion_tokens),
+                ] {
+                    k.tokens
+                        .get_or_create(&KeyLabels {
+                            key_id: key_id.clone(),
+                            kind,
+                        })
+                        .inc_by(n);
+                }
+            }
         }
         if let Some(code) = rejection_code(o.status, o.error_code.as_deref()) {
             self.rejections
