@@ -63,6 +63,36 @@ fn documented_example_loads() {
         config.model("mock-chat").unwrap().targets[0].model,
         "mock-chat"
     );
+    assert_eq!(
+        config.console.public_url.as_deref(),
+        Some("https://custos-admin.example.com")
+    );
+    assert_eq!(config.console.max_failed_attempts, 5);
+    assert_eq!(config.console.lockout, Duration::from_secs(900));
+}
+
+#[test]
+fn console_section_defaults_and_errors() {
+    let config = load_default(&no_env).unwrap();
+    assert_eq!(config.console, custos_config::ConsoleConfig::default());
+    let text = error_text(
+        "[console]\npublic_url = \"ftp://x\"\nsession_idle_timeout = \"13h\"\n\
+         max_failed_attempts = 0\nlockout = \"1s\"\ntoken_max_ttl = \"soon\"\nsecure = true\n",
+    );
+    assert!(text.contains("unknown field `secure`"), "{text}");
+    let text = error_text(
+        "[console]\npublic_url = \"https://a.example/path\"\nsession_idle_timeout = \"13h\"\n\
+         max_failed_attempts = 0\nlockout = \"1s\"\ntoken_max_ttl = \"soon\"\n",
+    );
+    for want in [
+        "console.public_url: `https://a.example/path` is not an http:// or https:// URL",
+        "console.session_idle_timeout: must not be longer than console.session_absolute_timeout",
+        "console.max_failed_attempts: 0 is out of range, must be between 1 and 100",
+        "console.lockout: `1s` is too short",
+        "console.token_max_ttl: `soon` is not a duration",
+    ] {
+        assert!(text.contains(want), "{want} missing from {text}");
+    }
 }
 
 #[test]

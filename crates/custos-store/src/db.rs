@@ -22,27 +22,46 @@ use crate::{Backend, Store, StoreOptions};
 const BUSY_TIMEOUT_MS: u32 = 5_000;
 
 fn migrator(backend: Backend) -> Migrator {
-    let files: [(&str, &str); 2] = match backend {
+    let files: [(i64, &str, &str); 3] = match backend {
         Backend::Sqlite => [
-            ("keys", include_str!("../migrations/sqlite/0001_keys.sql")),
             (
+                1,
+                "keys",
+                include_str!("../migrations/sqlite/0001_keys.sql"),
+            ),
+            (
+                2,
                 "availability",
                 include_str!("../migrations/sqlite/0002_availability.sql"),
             ),
+            (
+                3,
+                "console",
+                include_str!("../migrations/sqlite/0003_console.sql"),
+            ),
         ],
         Backend::Postgres => [
-            ("keys", include_str!("../migrations/postgres/0001_keys.sql")),
             (
+                1,
+                "keys",
+                include_str!("../migrations/postgres/0001_keys.sql"),
+            ),
+            (
+                2,
                 "availability",
                 include_str!("../migrations/postgres/0002_availability.sql"),
+            ),
+            (
+                3,
+                "console",
+                include_str!("../migrations/postgres/0003_console.sql"),
             ),
         ],
     };
     Migrator::with_migrations(
         files
             .into_iter()
-            .zip(1..)
-            .map(|((description, sql), version)| {
+            .map(|(version, description, sql)| {
                 Migration::new(
                     version,
                     Cow::Borrowed(description),
