@@ -148,7 +148,10 @@ async fn every_fault_opens_the_circuit_falls_back_and_recovers_through_half_open
         let body = served_by(resp.json().await.unwrap());
         match recovered {
             Some(_) => {
-                assert_eq!(body, "from first", "{fault:?}: the half-open trial goes to the first target");
+                assert_eq!(
+                    body, "from first",
+                    "{fault:?}: the half-open trial goes to the first target"
+                );
                 assert_eq!(
                     state(&health),
                     custos_health::BreakerState::Closed,

@@ -159,7 +159,7 @@ pub fn parse_time(flag: &str, s: &str) -> anyhow::Result<SystemTime> {
         .with_context(|| format!("{flag}: `{s}` is not a date (YYYY-MM-DD) or RFC 3339 time"))
 }
 
-fn os_actor() -> Actor {
+pub(crate) fn os_actor() -> Actor {
     let name = ["CUSTOS_ACTOR", "SUDO_USER", "USER", "LOGNAME"]
         .iter()
         .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))

@@ -5,6 +5,7 @@
 
 mod audit;
 mod audit_cmd;
+mod evidence_cmd;
 mod incidents;
 mod incidents_cmd;
 mod keys_cmd;
@@ -54,6 +55,8 @@ enum Command {
     /// Writer operations on the audit ledger (server stopped): rotate-key.
     #[command(subcommand)]
     Ledger(ledger_cmd::LedgerCommand),
+    /// SOC 2 evidence pack: `evidence --from --to --out DIR`, `evidence verify DIR`.
+    Evidence(evidence_cmd::EvidenceCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,6 +95,10 @@ fn main() -> ExitCode {
         Command::Incidents(cmd) => load_config(cli.config.as_deref()).and_then(|config| {
             let data_dir = data_dir(cli.data_dir, &config);
             incidents_cmd::run(&config, &data_dir, cmd)
+        }),
+        Command::Evidence(cmd) => load_config(cli.config.as_deref()).and_then(|config| {
+            let data_dir = data_dir(cli.data_dir, &config);
+            evidence_cmd::run(&config, cli.config.as_deref(), &data_dir, cmd)
         }),
         Command::Keys(cmd) => load_config(cli.config.as_deref()).and_then(|config| {
             let data_dir = data_dir(cli.data_dir, &config);
