@@ -38,7 +38,8 @@ p.desc { color: #57606a; margin: 0 0 8px; }
 .meta { color: #57606a; margin-bottom: 16px; }
 .ok { color: #1a7f37; font-weight: 600; } .bad { color: #cf222e; font-weight: 600; }
 table { border-collapse: collapse; width: 100%; margin: 6px 0 12px; font-size: 12px; }
-th, td { border: 1px solid #d0d7de; padding: 3px 6px; text-align: left; vertical-align: top; overflow-wrap: anywhere; }
+th, td { border: 1px solid #d0d7de; padding: 3px 6px; text-align: left; vertical-align: top; overflow-wrap: break-word; }
+td.long { overflow-wrap: anywhere; min-width: 12em; font-size: 11px; }
 th { background: #f6f8fa; }
 tr:nth-child(even) td { background: #fbfcfd; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
@@ -62,7 +63,8 @@ figcaption { font-size: 12px; font-weight: 600; }
 fn table_html(out: &mut String, t: &Table, max_rows: Option<usize>) {
     let _ = writeln!(out, "<table id=\"t-{}\"><thead><tr>", t.name);
     for c in &t.columns {
-        let _ = write!(out, "<th>{}</th>", esc(c));
+        // Break long snake_case names at underscores, never mid-word.
+        let _ = write!(out, "<th>{}</th>", esc(c).replace('_', "_<wbr>"));
     }
     out.push_str("</tr></thead><tbody>\n");
     if t.rows.is_empty() {
@@ -76,8 +78,15 @@ fn table_html(out: &mut String, t: &Table, max_rows: Option<usize>) {
     for row in t.rows.iter().take(shown) {
         out.push_str("<tr>");
         for v in row {
-            let class = if v.is_number() { " class=\"num\"" } else { "" };
-            let _ = write!(out, "<td{class}>{}</td>", esc(&cell_text(v)));
+            let text = cell_text(v);
+            let class = if v.is_number() {
+                " class=\"num\""
+            } else if text.len() > 48 {
+                " class=\"long\""
+            } else {
+                ""
+            };
+            let _ = write!(out, "<td{class}>{}</td>", cell_html(&text));
         }
         out.push_str("</tr>\n");
     }
@@ -90,6 +99,16 @@ fn table_html(out: &mut String, t: &Table, max_rows: Option<usize>) {
             t.name
         );
     }
+}
+
+/// A cell's text as HTML; a timestamp may wrap between date and time.
+fn cell_html(text: &str) -> String {
+    let b = text.as_bytes();
+    if b.len() >= 20 && b.get(4) == Some(&b'-') && b.get(10) == Some(&b'T') {
+        let (date, time) = text.split_at(10);
+        return format!("{}<wbr>{}", esc(date), esc(time));
+    }
+    esc(text)
 }
 
 /// One line series.
@@ -105,7 +124,7 @@ const COLORS: &[&str] = &[
 /// A line chart over `labels` (days) as inline SVG.
 fn line_chart(title: &str, unit: &str, labels: &[String], series: &[Series]) -> String {
     let (w, h) = (560.0_f64, 240.0_f64);
-    let (left, right, top, bottom) = (56.0, 12.0, 12.0, 46.0);
+    let (left, right, top, bottom) = (56.0, 24.0, 12.0, 46.0);
     let pw = w - left - right;
     let ph = h - top - bottom;
     let max = series
