@@ -10,6 +10,7 @@ mod incidents;
 mod incidents_cmd;
 mod keys_cmd;
 mod ledger_cmd;
+mod readiness_cmd;
 mod serve;
 mod state;
 mod table;
@@ -83,6 +84,12 @@ fn main() -> ExitCode {
         Command::Config(ConfigCommand::Default) => {
             print!("{}", custos_config::DEFAULT_CONFIG);
             Ok(())
+        }
+        Command::Audit(audit_cmd::AuditCommand::Readiness(args)) => {
+            load_config(cli.config.as_deref()).and_then(|config| {
+                let data_dir = data_dir(cli.data_dir, &config);
+                readiness_cmd::run(&config, &data_dir, *args)
+            })
         }
         Command::Audit(cmd) => load_config(cli.config.as_deref()).and_then(|config| {
             let data_dir = data_dir(cli.data_dir, &config);
