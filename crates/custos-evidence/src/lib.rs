@@ -39,8 +39,12 @@ pub use gather::{
 pub use html::render as render_html;
 pub use pack::{
     FORMAT, MANIFEST, SIGNATURE, Written, check_output, load_signer, signed_body, write_pack,
+    zip_pack,
 };
 pub use period::{Period, format_time};
 pub use policy::Policy;
 pub use table::Table;
-pub use verify::{LedgerLink, PackFiles, VerifyReport, find_in_ledger, read_dir, verify_pack};
+pub use verify::{
+    LedgerLink, PackFiles, VerifyReport, ZIP_MAX_BYTES, ZIP_MAX_ENTRIES, find_in_ledger, read_dir,
+    read_zip, verify_pack,
+};

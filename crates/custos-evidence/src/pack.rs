@@ -232,3 +232,39 @@ fn write_into(ev: &Evidence, dir: &Path, signer: &Signer) -> Result<Written, Evi
         files: files.len(),
     })
 }
+
+/// Writes the pack in `dir` as a zip archive at `zip_path` (deflate), every
+/// file under one top-level folder named after `dir`, in path order. The
+/// archive must not exist yet.
+///
+/// # Errors
+///
+/// IO errors, or [`EvidenceError::Encode`] if the archive cannot be built.
+pub fn zip_pack(dir: &Path, zip_path: &Path) -> Result<(), EvidenceError> {
+    let files = crate::verify::read_dir(dir)?;
+    let top = dir
+        .file_name()
+        .map_or_else(|| "pack".to_owned(), |n| n.to_string_lossy().into_owned());
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(zip_path)
+        .map_err(|e| EvidenceError::io("create", zip_path, e))?;
+    let encode = |e: zip::result::ZipError| EvidenceError::Encode {
+        what: "zip archive",
+        reason: e.to_string(),
+    };
+    let mut zip = zip::ZipWriter::new(file);
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .unix_permissions(0o644);
+    for (path, bytes) in &files {
+        zip.start_file(format!("{top}/{path}"), options)
+            .map_err(encode)?;
+        zip.write_all(bytes)
+            .map_err(|e| EvidenceError::io("write", zip_path, e))?;
+    }
+    let file = zip.finish().map_err(encode)?;
+    file.sync_all()
+        .map_err(|e| EvidenceError::io("fsync", zip_path, e))
+}

@@ -55,6 +55,65 @@ pub fn read_dir(dir: &Path) -> Result<PackFiles, EvidenceError> {
     Ok(out)
 }
 
+/// The most a zipped pack may unpack to, and its most entries: a pack is
+/// input from outside, and a zip bomb must not exhaust memory.
+pub const ZIP_MAX_BYTES: u64 = 2 << 30;
+/// See [`ZIP_MAX_BYTES`].
+pub const ZIP_MAX_ENTRIES: usize = 100_000;
+
+/// Reads a zipped pack (as `custos evidence --zip` writes it): every file
+/// entry, with the common top-level folder removed. Entries whose names
+/// are unsafe are kept under their raw name, so verification reports them.
+///
+/// # Errors
+///
+/// [`EvidenceError::Io`] if the file cannot be read, is not a zip archive
+/// or unpacks to more than [`ZIP_MAX_BYTES`].
+pub fn read_zip(path: &Path) -> Result<PackFiles, EvidenceError> {
+    use std::io::Read as _;
+    let bad = |reason: String| EvidenceError::io("read", path, std::io::Error::other(reason));
+    let file = fs::File::open(path).map_err(|e| EvidenceError::io("open", path, e))?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| bad(format!("not a zip archive: {e}")))?;
+    if zip.len() > ZIP_MAX_ENTRIES {
+        return Err(bad(format!("more than {ZIP_MAX_ENTRIES} entries")));
+    }
+    let mut raw = Vec::new();
+    let mut total = 0u64;
+    for i in 0..zip.len() {
+        let mut entry = zip.by_index(i).map_err(|e| bad(e.to_string()))?;
+        if entry.is_dir() {
+            continue;
+        }
+        let name = entry.name().to_owned();
+        let mut bytes = Vec::new();
+        let budget = ZIP_MAX_BYTES - total;
+        (&mut entry)
+            .take(budget + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| bad(format!("{name}: {e}")))?;
+        total += bytes.len() as u64;
+        if total > ZIP_MAX_BYTES {
+            return Err(bad(format!("unpacks to more than {ZIP_MAX_BYTES} bytes")));
+        }
+        raw.push((name, bytes));
+    }
+    let top = raw
+        .first()
+        .and_then(|(n, _)| n.split_once('/'))
+        .map(|(t, _)| format!("{t}/"));
+    let strip = top.filter(|t| raw.iter().all(|(n, _)| n.starts_with(t.as_str())));
+    Ok(raw
+        .into_iter()
+        .map(|(n, b)| {
+            let rel = strip
+                .as_deref()
+                .and_then(|t| n.strip_prefix(t))
+                .map_or_else(|| n.clone(), str::to_owned);
+            (rel, b)
+        })
+        .collect())
+}
+
 #[derive(Deserialize)]
 struct Manifest {
     format: String,

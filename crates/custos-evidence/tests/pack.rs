@@ -315,6 +315,19 @@ async fn pack_holds_exactly_the_periods_records_and_detects_tampering() {
         LedgerLink::NotFound
     );
 
+    // The zipped pack holds the same files and verifies the same way.
+    let zipped = tmp.0.join("pack.zip");
+    custos_evidence::zip_pack(&out, &zipped).unwrap();
+    assert_eq!(
+        custos_evidence::read_zip(&zipped).unwrap(),
+        read_dir(&out).unwrap()
+    );
+    assert!(verify_pack(&custos_evidence::read_zip(&zipped).unwrap(), &trusted).is_intact());
+    assert!(
+        custos_evidence::zip_pack(&out, &zipped).is_err(),
+        "an existing zip must not be overwritten"
+    );
+
     // Any other key: the signature fails.
     let other =
         custos_note::Signer::generate("custos.test/evidence", &mut rand::rngs::OsRng).unwrap();

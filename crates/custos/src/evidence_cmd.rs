@@ -45,11 +45,14 @@ struct GenerateArgs {
     /// The pack directory; must not exist or be empty.
     #[arg(long, required = true, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Also write the pack as `DIR.zip` (which must not exist).
+    #[arg(long)]
+    zip: bool,
 }
 
 #[derive(Debug, Args)]
 struct VerifyArgs {
-    /// The pack directory.
+    /// The pack directory, or a `.zip` written by `--zip`.
     dir: PathBuf,
     /// The log's public key(s), one vkey per line (`custos audit pubkey
     /// --all`). Without it, the keys in the ledger under --data-dir are
@@ -77,7 +80,15 @@ pub fn run(
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(generate(config, config_file, data_dir, &from, &to, &out))
+            runtime.block_on(generate(
+                config,
+                config_file,
+                data_dir,
+                &from,
+                &to,
+                &out,
+                g.zip,
+            ))
         }
     }
 }
@@ -91,6 +102,13 @@ fn progress_bar() -> ProgressBar {
     )
     .unwrap_or_else(|_| ProgressStyle::default_bar());
     ProgressBar::new(0).with_style(style)
+}
+
+/// `DIR.zip` next to `DIR`.
+fn zip_path(out: &Path) -> PathBuf {
+    let mut name = out.file_name().unwrap_or_default().to_os_string();
+    name.push(".zip");
+    out.with_file_name(name)
 }
 
 fn config_sha256(config_file: Option<&Path>) -> anyhow::Result<String> {
@@ -108,10 +126,17 @@ async fn generate(
     from: &str,
     to: &str,
     out: &Path,
+    zip: bool,
 ) -> anyhow::Result<()> {
     // Cheap checks first, so a typo fails before a long scan.
     let period = Period::parse(from, to)?;
     custos_evidence::check_output(out)?;
+    let zip_path = zip.then(|| zip_path(out));
+    if let Some(z) = &zip_path
+        && z.exists()
+    {
+        anyhow::bail!("{} exists; choose a new --out", z.display());
+    }
     let ledger_dir = data_dir.join("ledger");
     if !ledger_dir.is_dir() {
         anyhow::bail!(
@@ -151,6 +176,10 @@ async fn generate(
     .await?;
     bar.finish_and_clear();
     let written = custos_evidence::write_pack(&evidence, out, &signer)?;
+    if let Some(z) = &zip_path {
+        custos_evidence::zip_pack(out, z)?;
+        println!("wrote {}", z.display());
+    }
     // Tie the pack to the log: the server (or its next start) drains the
     // outbox into the ledger as an `evidence.generated` admin record.
     let event = AdminEvent::new("evidence.generated", actor, store.now())
@@ -208,13 +237,13 @@ fn parse_keys(text: &str, what: &str) -> anyhow::Result<Vec<Verifier>> {
 }
 
 fn verify(data_dir: &Path, args: &VerifyArgs) -> anyhow::Result<()> {
-    if !args.dir.is_dir() {
-        anyhow::bail!("{} is not a pack directory", args.dir.display());
-    }
-    let bar = progress_bar();
-    bar.set_message("reading pack");
-    let files = custos_evidence::read_dir(&args.dir)?;
-    bar.finish_and_clear();
+    let files = if args.dir.is_dir() {
+        custos_evidence::read_dir(&args.dir)?
+    } else if args.dir.is_file() {
+        custos_evidence::read_zip(&args.dir)?
+    } else {
+        anyhow::bail!("{} is not a pack directory or zip file", args.dir.display());
+    };
     let ledger_dir = data_dir.join("ledger");
     let verifiers = ledger_dir.join("keys").join("verifiers.txt");
     let (keys, source) = if let Some(path) = &args.pubkey {

@@ -80,11 +80,18 @@ async fn evidence_pack_end_to_end() {
     let (from, to) = (day(-1), day(2));
     let o = cli(
         data,
-        &["evidence", "--from", &from, "--to", &to, "--out", out_s],
+        &[
+            "evidence", "--from", &from, "--to", &to, "--out", out_s, "--zip",
+        ],
     );
     let (stdout, stderr) = text(&o);
     assert!(o.status.success(), "{stdout}{stderr}");
     assert!(stdout.contains("verification: intact"), "{stdout}");
+    let zip = data.join("pack.zip");
+    assert!(
+        stdout.contains(&format!("wrote {}", zip.display())),
+        "{stdout}"
+    );
 
     // The pack holds what happened, and never a secret.
     let inv: Value =
@@ -130,6 +137,14 @@ async fn evidence_pack_end_to_end() {
     assert!(
         o.status.success() && stdout.contains("manifest hash recorded at seq"),
         "{stdout}"
+    );
+
+    // The zip verifies too.
+    let o = cli(data, &["evidence", "verify", zip.to_str().unwrap()]);
+    assert!(
+        o.status.success() && text(&o).0.contains("pack: intact"),
+        "{:?}",
+        text(&o)
     );
 
     // With the public key given explicitly.
