@@ -16,10 +16,14 @@ use custos_evidence::{
     LedgerLink, Period, Request, Sources, find_in_ledger, gather, load_signer, read_dir,
     verify_pack, write_pack,
 };
+use custos_health::{
+    Incident, IncidentStatus, Postmortem, Resolution, Severity, TimelineEvent, TimelineKind,
+};
 use custos_ledger::{Ledger, LedgerOptions, LedgerReader};
 use custos_record::{
     Admin, AdminActor, Change, Inference, RecordBody, Scalar, System, Target, Via,
 };
+use custos_store::users::{NewInvite, Role};
 use custos_store::{Store, StoreOptions};
 use custos_types::ManualClock;
 use serde_json::Value;
@@ -214,6 +218,100 @@ fn read_json(dir: &Path, rel: &str) -> Value {
     serde_json::from_slice(&std::fs::read(dir.join(rel)).unwrap()).unwrap()
 }
 
+fn incident(
+    id: &str,
+    started: SystemTime,
+    acked: Option<SystemTime>,
+    resolved: Option<SystemTime>,
+) -> Incident {
+    Incident {
+        id: id.into(),
+        model: "gpt-a".into(),
+        title: format!("{id} errors"),
+        severity: Severity::Sev2,
+        severity_pinned: false,
+        status: if resolved.is_some() {
+            IncidentStatus::Resolved
+        } else {
+            IncidentStatus::Open
+        },
+        declared_by: None,
+        started_at: started,
+        updated_at: started,
+        acknowledged_at: acked,
+        acknowledged_by: acked.map(|_| "bob".into()),
+        assignee: None,
+        resolved_at: resolved,
+        resolved_by: resolved.map(|_| "bob".into()),
+        resolution: resolved.map(|_| Resolution::Manual),
+        recovering_since: None,
+        symptoms: Vec::new(),
+        peak_error_rate: 0.5,
+        peak_p95_ms: None,
+        affected_keys: 1,
+        affected_keys_capped: false,
+        timeline: acked
+            .map(|at| TimelineEvent {
+                seq: 1,
+                at,
+                actor: Some("bob".into()),
+                kind: TimelineKind::Acknowledged,
+            })
+            .into_iter()
+            .collect(),
+        timeline_dropped: 0,
+        postmortem: None,
+    }
+}
+
+/// Incidents around the period, a console user; returns the password hash.
+async fn fill_store(store: &Store) -> &'static str {
+    let h = |d: u64, hours: u64| at(JAN1 + d * DAY + hours * 3600, 0);
+    let mut before = incident("INC-A", h(0, 20), Some(h(0, 21)), Some(h(1, 2)));
+    before.postmortem = Some(Postmortem {
+        summary: "Upstream outage of gpt-a".into(),
+        impact: "1 key".into(),
+        root_cause: "provider".into(),
+        trigger: "deploy".into(),
+        detection: "error rate".into(),
+        resolution: "fallback".into(),
+        lessons: "add a target".into(),
+        action_items: Vec::new(),
+        author: "bob".into(),
+        written_at: h(2, 0),
+    });
+    for i in [
+        before,                                          // resolved in the period: in
+        incident("INC-B", h(2, 1), None, None),          // opened in the period, open: in
+        incident("INC-C", h(0, 1), None, Some(h(0, 2))), // over before: out
+        incident("INC-D", h(3, 0), None, None),          // starts at --to: out
+    ] {
+        store.save_incident(&i).await.unwrap();
+    }
+    let actor = custos_store::Actor::new(custos_store::ActorKind::Cli, "root");
+    let users = store.users();
+    users
+        .create_invite(
+            &NewInvite {
+                id: "inv_1".into(),
+                token_hash: "00".repeat(32),
+                username: Some("bob".into()),
+                role: Role::Admin,
+                reset: false,
+                expires_at: SystemTime::now() + Duration::from_secs(3600),
+            },
+            &actor,
+        )
+        .await
+        .unwrap();
+    let hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$SECRETHASHVALUE";
+    users
+        .redeem_invite(&"00".repeat(32), "usr_1", "bob", hash, None)
+        .await
+        .unwrap();
+    hash
+}
+
 #[tokio::test]
 async fn pack_holds_exactly_the_periods_records_and_detects_tampering() {
     let tmp = TempDir::new("period");
@@ -221,6 +319,7 @@ async fn pack_holds_exactly_the_periods_records_and_detects_tampering() {
     let ledger_dir = data.join("ledger");
     let in_period = build_ledger(&ledger_dir).await;
     let store = Store::open(&data, StoreOptions::default()).await.unwrap();
+    let password_hash = fill_store(&store).await;
     let config = custos_config::load_default(&|_| None).unwrap();
     let sources = Sources {
         config: &config,
@@ -285,6 +384,45 @@ async fn pack_holds_exactly_the_periods_records_and_detects_tampering() {
     assert_eq!(column(&cap, "server_errors"), [1, 0]);
     assert_eq!(column(&cap, "p50_ms"), [30.0, 50.0]);
     assert_eq!(column(&cap, "p99_ms"), [40.0, 60.0]);
+    // Incidents open at any time in the period, with their response times.
+    let inc = read_json(&out, "tables/incidents.json");
+    assert_eq!(column(&inc, "id"), ["INC-A", "INC-B"]);
+    assert_eq!(
+        column(&inc, "time_to_acknowledge_s"),
+        [Value::from(3600), Value::Null]
+    );
+    assert_eq!(
+        column(&inc, "time_to_resolve_s"),
+        [Value::from(6 * 3600), Value::Null]
+    );
+    assert_eq!(column(&inc, "postmortem"), [true, false]);
+    let detail = read_json(&out, "incidents/incidents.json");
+    assert_eq!(
+        detail[0]["postmortem"]["summary"],
+        "Upstream outage of gpt-a"
+    );
+    // The console user, with the period's sign-in failures from the ledger.
+    let users = read_json(&out, "tables/console-users.json");
+    assert_eq!(column(&users, "username"), ["bob"]);
+    assert_eq!(column(&users, "mfa_enrolled"), [false]);
+    assert_eq!(column(&users, "login_failures_in_period"), [1]);
+    let review = read_json(&out, "tables/access-review.json");
+    assert!(
+        review[0]["findings"]
+            .as_str()
+            .unwrap()
+            .contains("MFA not enrolled"),
+        "{review}"
+    );
+    // No secret anywhere.
+    for (path, bytes) in read_dir(&out).unwrap() {
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains("SECRETHASHVALUE") && !text.contains(password_hash),
+            "{path}"
+        );
+        assert!(!text.contains("PRIVATE+KEY"), "{path}");
+    }
     let csv = std::fs::read_to_string(out.join("tables/events.csv")).unwrap();
     assert_eq!(csv.lines().count(), want_events.len() + 1);
     assert!(
