@@ -39,7 +39,7 @@ p.desc { color: #57606a; margin: 0 0 8px; }
 .ok { color: #1a7f37; font-weight: 600; } .bad { color: #cf222e; font-weight: 600; }
 table { border-collapse: collapse; width: 100%; margin: 6px 0 12px; font-size: 12px; }
 th, td { border: 1px solid #d0d7de; padding: 3px 6px; text-align: left; vertical-align: top; overflow-wrap: break-word; }
-td.long { overflow-wrap: anywhere; min-width: 12em; font-size: 11px; }
+td.long { overflow-wrap: anywhere; min-width: 12em; }
 th { background: #f6f8fa; }
 tr:nth-child(even) td { background: #fbfcfd; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
@@ -417,10 +417,16 @@ pub fn render(ev: &Evidence) -> String {
                                 esc(note)
                             );
                         }
+                        None if label == "start" && ig.period_first_seq == 0 => {
+                            let _ = writeln!(
+                                out,
+                                "<p>The period starts at the beginning of the log (tree size 0), so no earlier checkpoint exists.</p>"
+                            );
+                        }
                         None => {
                             let _ = writeln!(
                                 out,
-                                "<p>No signed checkpoint at the {label} of the period.</p>"
+                                "<p>No signed checkpoint at the {label} of the period yet (the newest records are signed at the next checkpoint).</p>"
                             );
                         }
                     }
