@@ -124,12 +124,13 @@ impl FromRequestParts<Arc<ConsoleState>> for ReqInfo {
         // Browsers send Sec-Fetch-Site on every request and Origin on
         // every POST; a value naming another site is refused outright, on
         // top of the CSRF token.
-        let fetch_site_ok = h
-            .get("sec-fetch-site")
-            .and_then(|v| v.to_str().ok())
-            .is_none_or(|v| matches!(v, "same-origin" | "none"));
+        let fetch_site = h.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+        let fetch_site_ok = fetch_site.is_none_or(|v| matches!(v, "same-origin" | "none"));
         let origin_ok = match (h.get(header::ORIGIN), h.get(header::HOST)) {
             (None, _) => true,
+            // A privacy setting can make the browser send `null`; then the
+            // fetch metadata must vouch for the request.
+            (Some(o), _) if o.as_bytes() == b"null" => fetch_site == Some("same-origin"),
             (Some(o), host) => {
                 let o = o.to_str().unwrap_or("");
                 let host = host.and_then(|v| v.to_str().ok()).unwrap_or("");

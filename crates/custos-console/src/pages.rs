@@ -330,7 +330,7 @@ fn setup_page(token: &str, invite: &custos_store::InviteRecord, error: Option<&s
                     @if let Some(name) = &invite.username {
                         input #username type="text" name="username" value=(name) readonly;
                     } @else {
-                        input #username type="text" name="username" autocomplete="username" required autofocus pattern="[a-z0-9][a-z0-9._@-]{0,63}";
+                        input #username type="text" name="username" autocomplete="username" required autofocus;
                         span.hint { "Lowercase letters, digits, . _ @ -" }
                     }
                 }
@@ -1092,7 +1092,7 @@ fn users_page(
                 h2 { "Invite someone" }
                 form.row method="post" action="/console/users/invite" {
                     input type="hidden" name="csrf" value=(csrf);
-                    div { label for="invite-username" { "User name" } input #invite-username type="text" name="username" required pattern="[a-z0-9][a-z0-9._@-]{0,63}"; }
+                    div { label for="invite-username" { "User name" } input #invite-username type="text" name="username" required; }
                     div.shrink { label for="invite-role" { "Role" } select #invite-role name="role" { @for r in Role::ALL { option value=(r.as_str()) selected[r == Role::Viewer] { (r.as_str()) } } } }
                     div.shrink { button type="submit" { "Create invitation link" } }
                 }

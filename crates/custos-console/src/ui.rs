@@ -30,7 +30,7 @@ pub(crate) async fn security_headers(mut resp: Response) -> Response {
     );
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(
         "cross-origin-opener-policy",
@@ -63,8 +63,9 @@ fn head(title: &str) -> Markup {
         head {
             meta charset="utf-8";
             meta name="viewport" content="width=device-width, initial-scale=1";
-            meta name="referrer" content="no-referrer";
+            meta name="referrer" content="same-origin";
             title { (title) " · Custos" }
+            link rel="icon" href="data:,";
             link rel="stylesheet" href="/console/static/console.css";
             script src="/console/static/console.js" defer {}
         }
