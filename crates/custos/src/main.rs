@@ -6,6 +6,7 @@
 mod audit;
 mod audit_cmd;
 mod keys_cmd;
+mod keys_remote;
 mod ledger_cmd;
 mod serve;
 mod state;

@@ -626,6 +626,98 @@ async fn bootstrap_roles_csrf_bad_input_and_logout() {
     assert_eq!(r.status(), 200);
     let _ = vic.seed;
 
+    // `custos keys …` goes through the API when CUSTOS_ADMIN_URL and
+    // CUSTOS_ADMIN_TOKEN are set: attributed to the token, audited. The data
+    // directory given is empty, so nothing can bypass the server.
+    let elsewhere = temp_dir("console-cli-elsewhere");
+    let remote = |token: &str, args: &[&str]| {
+        Command::new(BIN)
+            .args(["keys"])
+            .args(args)
+            .arg("--data-dir")
+            .arg(elsewhere.path())
+            .env("CUSTOS_ADMIN_URL", &admin)
+            .env("CUSTOS_ADMIN_TOKEN", token)
+            .output()
+            .unwrap()
+    };
+    let out = remote(
+        &tokens[1].1,
+        &[
+            "create",
+            "--name",
+            "cli-remote",
+            "--models",
+            "mock-chat",
+            "--rpm",
+            "60",
+            "--expires-in",
+            "30d",
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(created["secret"].as_str().unwrap().starts_with("cst_live_"));
+    assert_eq!(created["rpm"], 60);
+    let cid = created["id"].as_str().unwrap().to_owned();
+    let out = remote(
+        &tokens[1].1,
+        &[
+            "update", &cid, "--rpm", "none", "--team", "search", "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let updated: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(updated["key"]["rpm"], Value::Null);
+    assert_eq!(updated["key"]["team"], "search");
+    let out = remote(&tokens[2].1, &["list", "--search", "cli-remote", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert!(listed[0].get("secret").is_none());
+    let out = remote(&tokens[1].1, &["rotate", &cid, "--grace", "1h", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = remote(&tokens[3].1, &["revoke", &cid]);
+    assert!(!out.status.success(), "a viewer token cannot revoke");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("403"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = remote(&tokens[1].1, &["revoke", &cid, "--reason", "cli test"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("revoked"));
+    let half = Command::new(BIN)
+        .args(["keys", "list", "--data-dir"])
+        .arg(elsewhere.path())
+        .env("CUSTOS_ADMIN_URL", &admin)
+        .output()
+        .unwrap();
+    assert!(!half.status.success());
+    assert!(String::from_utf8_lossy(&half.stderr).contains("CUSTOS_ADMIN_TOKEN"));
+    assert!(!elsewhere.path().join("custos.db").exists());
+
     // The OpenAPI document is served and names every route.
     let (s, doc) = api(&admin, "", "GET", "/admin/v1/openapi.json", None, None).await;
     assert_eq!(s, 200);
@@ -658,7 +750,7 @@ async fn bootstrap_roles_csrf_bad_input_and_logout() {
             .unwrap()
             .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
             .collect();
-        if text.contains("session.logout") {
+        if text.contains("session.logout") && text.contains("cli test") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
