@@ -50,6 +50,35 @@ pub struct Config {
     pub ledger: LedgerConfig,
     /// The admin console and admin API.
     pub console: ConsoleConfig,
+    /// `[health]`: per-target windows, circuit breakers, active probes.
+    pub health: custos_health::HealthSettings,
+    /// `[limits]`: global, per-model and per-key concurrency limits.
+    pub limits: custos_health::CapacitySettings,
+    /// `[incidents]`: detection thresholds, recovery, webhooks.
+    pub incidents: custos_health::IncidentSettings,
+    /// `[timeseries]`: per-minute aggregates.
+    pub timeseries: TimeseriesConfig,
+    /// `[metrics]`.
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Whether `/metrics` carries per-key series (`custos_key_requests`,
+    /// `custos_key_tokens`), one per key ID. Off by default: label sets
+    /// stay bounded by configuration, not by the number of keys.
+    pub per_key: bool,
+}
+
+/// `[timeseries]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeseriesConfig {
+    /// How long per-minute aggregates are kept (default 400 days, so that a
+    /// 12-month audit period plus its review fits).
+    pub retention: Duration,
+    /// How often completed minutes are written to the store (default 15 s).
+    pub flush_interval: Duration,
 }
 
 /// `[console]`.

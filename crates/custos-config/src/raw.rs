@@ -30,6 +30,39 @@ pub struct RawConfig {
     /// `[console]`.
     #[serde(default)]
     pub console: RawConsole,
+    /// `[health]`: upstream health windows, breakers and probes.
+    #[serde(default)]
+    pub health: custos_health::config::RawHealth,
+    /// `[limits]`: concurrency limits and wait queues.
+    #[serde(default)]
+    pub limits: custos_health::config::RawLimits,
+    /// `[incidents]`: model-availability incidents and their webhooks.
+    #[serde(default)]
+    pub incidents: custos_health::config::RawIncidents,
+    /// `[timeseries]`: per-minute aggregates in the state store.
+    #[serde(default)]
+    pub timeseries: RawTimeseries,
+    /// `[metrics]`: what `/metrics` exposes.
+    #[serde(default)]
+    pub metrics: RawMetrics,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// Adds per-key series (labelled with key IDs); off by default.
+    pub per_key: Option<bool>,
+}
+
+/// `[timeseries]`: the per-minute aggregates kept in the state store.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeseries {
+    /// Keep per-minute aggregates this long.
+    pub retention: Option<String>,
+    /// How often completed minutes are written to the store.
+    pub flush_interval: Option<String>,
 }
 
 /// `[console]`: the admin console and admin API.

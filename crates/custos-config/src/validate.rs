@@ -9,8 +9,8 @@ use std::time::Duration;
 use crate::raw::{RawConfig, RawModel, RawProvider, RawSize, RawTimeouts};
 use crate::{
     Config, ConsoleConfig, CredentialSource, Durability, FieldError, KeysConfig, LedgerConfig,
-    LedgerSink, LogConfig, LogFormat, MockSettings, ModelConfig, OpenAiSettings, ProviderConfig,
-    ProviderKind, ServerConfig, TargetConfig, Timeouts,
+    LedgerSink, LogConfig, LogFormat, MetricsConfig, MockSettings, ModelConfig, OpenAiSettings,
+    ProviderConfig, ProviderKind, ServerConfig, TargetConfig, Timeouts, TimeseriesConfig,
 };
 
 /// Default largest request body: 8 MiB, room for a few inline images.
@@ -95,6 +95,34 @@ pub(crate) fn validate(
     let keys = keys(&raw, &mut ctx);
     let ledger = ledger(&raw, &mut ctx);
     let console = console(&raw, &mut ctx);
+    let health = section(raw.health.validate("health"), &mut ctx);
+    let limits = section(raw.limits.validate("limits"), &mut ctx);
+    let incidents = section(raw.incidents.validate("incidents"), &mut ctx);
+    let timeseries = timeseries(&raw, &mut ctx);
+    for name in incidents.iter().flat_map(|i| i.models.keys()) {
+        if !raw
+            .models
+            .iter()
+            .any(|m| m.name.as_deref() == Some(name.as_str()))
+        {
+            ctx.err(
+                &format!("incidents.models.{name}"),
+                "names no configured model",
+            );
+        }
+    }
+    for name in limits.iter().flat_map(|l| l.models.keys()) {
+        if !raw
+            .models
+            .iter()
+            .any(|m| m.name.as_deref() == Some(name.as_str()))
+        {
+            ctx.err(
+                &format!("limits.models.{name}"),
+                "names no configured model",
+            );
+        }
+    }
     Some(Config {
         server: server?,
         log: log?,
@@ -103,6 +131,51 @@ pub(crate) fn validate(
         keys: keys?,
         ledger: ledger?,
         console: console?,
+        health: health?,
+        limits: limits?,
+        incidents: incidents?,
+        timeseries: timeseries?,
+        metrics: MetricsConfig {
+            per_key: raw.metrics.per_key.unwrap_or(false),
+        },
+    })
+}
+
+/// Collects the errors of a section validated by another crate.
+fn section<T>(
+    result: Result<T, Vec<custos_health::config::FieldError>>,
+    ctx: &mut Ctx<'_>,
+) -> Option<T> {
+    match result {
+        Ok(v) => Some(v),
+        Err(errors) => {
+            for e in errors {
+                ctx.err(&e.path, e.message);
+            }
+            None
+        }
+    }
+}
+
+fn timeseries(raw: &RawConfig, ctx: &mut Ctx<'_>) -> Option<TimeseriesConfig> {
+    let t = &raw.timeseries;
+    let retention = long_duration(
+        t.retention.as_deref(),
+        "timeseries.retention",
+        400 * DAY,
+        DAY,
+        ctx,
+    );
+    let flush_interval = duration(
+        t.flush_interval.as_deref(),
+        "timeseries.flush_interval",
+        Duration::from_secs(15),
+        Duration::from_millis(100),
+        ctx,
+    );
+    Some(TimeseriesConfig {
+        retention: retention?,
+        flush_interval: flush_interval?,
     })
 }
 

@@ -288,3 +288,105 @@ kind = "s3"
     .unwrap();
     assert_eq!(ok.ledger.retention, Duration::from_secs(30 * 86_400));
 }
+
+#[test]
+fn availability_sections() {
+    let config = load(
+        "custos.toml",
+        r#"
+[providers.mock]
+kind = "mock"
+
+[[models]]
+name = "chat"
+targets = [{ provider = "mock" }]
+
+[health.breaker]
+consecutive_failures = 3
+cool_down = "2s"
+
+[limits]
+max_concurrent = 10
+queue_size = 2
+[limits.models.chat]
+max_concurrent = 4
+
+[incidents]
+error_rate = 0.2
+recovery_period = "30s"
+evaluation_interval = "1s"
+[incidents.models.chat]
+min_requests = 5
+
+[[incidents.webhooks]]
+name = "ops"
+url = "http://127.0.0.1:9/hook"
+
+[timeseries]
+retention = "30d"
+"#,
+        &no_env,
+    )
+    .unwrap();
+    assert_eq!(config.health.breaker.consecutive_failures, 3);
+    assert_eq!(config.limits.global.max_concurrent, 10);
+    assert_eq!(config.limits.models["chat"].max_concurrent, 4);
+    assert_eq!(config.incidents.recovery_period, Duration::from_secs(30));
+    assert_eq!(config.incidents.thresholds_for("chat").min_requests, 5);
+    assert_eq!(config.incidents.webhooks.len(), 1);
+    assert_eq!(
+        config.timeseries.retention,
+        Duration::from_secs(30 * 86_400)
+    );
+    // Defaults when the sections are absent.
+    let config = load_default(&no_env).unwrap();
+    assert_eq!(
+        config.timeseries.retention,
+        Duration::from_secs(400 * 86_400)
+    );
+    assert!(config.incidents.enabled);
+}
+
+#[test]
+fn availability_section_errors_name_their_fields() {
+    let text = error_text(
+        r#"
+[providers.mock]
+kind = "mock"
+
+[[models]]
+name = "chat"
+targets = [{ provider = "mock" }]
+
+[health.breaker]
+failure_rate = 1.5
+
+[limits.models.nope]
+max_concurrent = 1
+
+[incidents]
+error_rate = 0.5
+sev2_error_rate = 0.1
+[incidents.models.ghost]
+min_requests = 1
+
+[[incidents.webhooks]]
+name = "slack"
+format = "slack"
+url = "https://hooks.slack.example/T000"
+
+[timeseries]
+retention = "1h"
+"#,
+    );
+    for path in [
+        "health.breaker.failure_rate",
+        "limits.models.nope",
+        "incidents.models.ghost",
+        "incidents.webhooks[0]",
+        "timeseries.retention",
+        "incidents:",
+    ] {
+        assert!(text.contains(path), "{path} missing from:\n{text}");
+    }
+}

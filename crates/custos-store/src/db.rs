@@ -22,12 +22,17 @@ use crate::{Backend, Store, StoreOptions};
 const BUSY_TIMEOUT_MS: u32 = 5_000;
 
 fn migrator(backend: Backend) -> Migrator {
-    let files: [(i64, &str, &str); 2] = match backend {
+    let files: [(i64, &str, &str); 3] = match backend {
         Backend::Sqlite => [
             (
                 1,
                 "keys",
                 include_str!("../migrations/sqlite/0001_keys.sql"),
+            ),
+            (
+                2,
+                "availability",
+                include_str!("../migrations/sqlite/0002_availability.sql"),
             ),
             (
                 3,
@@ -40,6 +45,11 @@ fn migrator(backend: Backend) -> Migrator {
                 1,
                 "keys",
                 include_str!("../migrations/postgres/0001_keys.sql"),
+            ),
+            (
+                2,
+                "availability",
+                include_str!("../migrations/postgres/0002_availability.sql"),
             ),
             (
                 3,

@@ -27,6 +27,7 @@
 //! randomness from the caller.
 
 pub mod actor;
+pub mod availability;
 mod db;
 pub mod error;
 pub mod keys;
@@ -47,6 +48,7 @@ use custos_types::{Clock, SystemClock};
 use sqlx::AnyPool;
 
 pub use actor::{Actor, ActorKind};
+pub use availability::{CommandOutcome, IncidentCommand};
 pub use error::StoreError;
 pub use keys::{
     KeyRecord, KeyState, KeyUpdate, Keys, ListFilter, NewKey, PeriodUsage, Revocation,

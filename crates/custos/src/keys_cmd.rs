@@ -2,6 +2,7 @@
 //! keys in the data directory a running server uses. The server sees each
 //! change on its next request.
 
+use crate::table::text;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -439,17 +440,6 @@ async fn run_async(
     Ok(())
 }
 
-fn text(v: &Value) -> String {
-    match v {
-        Value::Null => "-".to_owned(),
-        Value::String(s) if s.is_empty() => "-".to_owned(),
-        Value::String(s) => s.clone(),
-        Value::Array(items) if items.is_empty() => "-".to_owned(),
-        Value::Array(items) => items.iter().map(text).collect::<Vec<_>>().join(","),
-        other => other.to_string(),
-    }
-}
-
 pub(crate) fn print_key(v: &Value) {
     for field in [
         "id",
@@ -489,35 +479,5 @@ pub(crate) fn print_table(rows: &[Value]) {
         "last_used_at",
         "rotation_due_at",
     ];
-    let cells: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| cols.iter().map(|c| text(&r[*c])).collect())
-        .collect();
-    let widths: Vec<usize> = cols
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            cells
-                .iter()
-                .map(|r| r[i].chars().count())
-                .chain([c.len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |items: Vec<String>| {
-        items
-            .iter()
-            .zip(&widths)
-            .map(|(s, w)| format!("{s:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-    };
-    println!("{}", line(cols.iter().map(|c| c.to_uppercase()).collect()));
-    for row in cells {
-        println!("{}", line(row));
-    }
-    if rows.is_empty() {
-        println!("(no keys)");
-    }
+    crate::table::print_table(&cols, rows, "(no keys)");
 }

@@ -5,11 +5,15 @@
 
 mod audit;
 mod audit_cmd;
+mod incidents;
+mod incidents_cmd;
 mod keys_cmd;
 mod keys_remote;
 mod ledger_cmd;
+mod readiness_cmd;
 mod serve;
 mod state;
+mod table;
 mod telemetry;
 mod users_cmd;
 
@@ -34,7 +38,7 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-#[expect(clippy::large_enum_variant, reason = "parsed once per process")]
+#[allow(clippy::large_enum_variant, reason = "parsed once per process")]
 enum Command {
     /// Runs the gateway and admin listeners.
     Serve,
@@ -51,6 +55,9 @@ enum Command {
     /// The audit ledger: verify, prove, export, read (read-only).
     #[command(subcommand)]
     Audit(audit_cmd::AuditCommand),
+    /// Model-availability incidents: list, show, ack, note, resolve, postmortem.
+    #[command(subcommand)]
+    Incidents(incidents_cmd::IncidentsCommand),
     /// Writer operations on the audit ledger (server stopped): rotate-key.
     #[command(subcommand)]
     Ledger(ledger_cmd::LedgerCommand),
@@ -81,6 +88,12 @@ fn main() -> ExitCode {
             print!("{}", custos_config::DEFAULT_CONFIG);
             Ok(())
         }
+        Command::Audit(audit_cmd::AuditCommand::Readiness(args)) => {
+            load_config(cli.config.as_deref()).and_then(|config| {
+                let data_dir = data_dir(cli.data_dir, &config);
+                readiness_cmd::run(&config, &data_dir, *args)
+            })
+        }
         Command::Audit(cmd) => load_config(cli.config.as_deref()).and_then(|config| {
             let data_dir = data_dir(cli.data_dir, &config);
             audit_cmd::run(&data_dir, cmd)
@@ -92,6 +105,10 @@ fn main() -> ExitCode {
         Command::Users(cmd) => load_config(cli.config.as_deref()).and_then(|config| {
             let data_dir = data_dir(cli.data_dir, &config);
             users_cmd::run(&data_dir, &config, cmd)
+        }),
+        Command::Incidents(cmd) => load_config(cli.config.as_deref()).and_then(|config| {
+            let data_dir = data_dir(cli.data_dir, &config);
+            incidents_cmd::run(&config, &data_dir, cmd)
         }),
         Command::Keys(cmd) => load_config(cli.config.as_deref()).and_then(|config| {
             let data_dir = data_dir(cli.data_dir, &config);

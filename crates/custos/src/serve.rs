@@ -269,13 +269,39 @@ async fn serve(
 
     tokio::spawn(ledger_metrics.clone().run(audit.clone()));
 
-    // Availability: circuit breakers per target (every change recorded in
-    // the ledger) and concurrency limits with bounded queues. Defaults for
-    // now; their configuration sections come with the incident wiring.
-    let health = custos_health::HealthEngine::new(
-        custos_health::HealthSettings::default(),
+    // Availability: incidents (every event recorded in the ledger and sent
+    // to the webhooks), circuit breakers per target (every change recorded
+    // in the ledger and added to incident timelines) and concurrency limits
+    // with bounded queues.
+    let webhooks = crate::incidents::start_webhooks(&config.incidents)?;
+    let incident_ledger = crate::incidents::IncidentToLedger::new(audit.ledger().cloned());
+    let mut incident_listeners: Vec<Arc<dyn custos_health::IncidentListener>> =
+        vec![incident_ledger.clone()];
+    if let Some(w) = &webhooks {
+        incident_listeners.push(w.clone());
+    }
+    let incidents = Arc::new(custos_health::IncidentEngine::new(
+        config.incidents.clone(),
+        store.clone(),
         Arc::new(SystemClock),
+        Arc::new(custos_health::IncidentFanout(incident_listeners)),
+    ));
+    match incidents.restore().await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(active = n, "active incidents restored from the store"),
+        Err(e) => tracing::error!(error = %e, "cannot restore active incidents"),
+    }
+    let mut breaker_listeners: Vec<Arc<dyn custos_health::BreakerListener>> = vec![
         Arc::new(crate::audit::BreakerToLedger(audit.clone())),
+        incidents.breaker_listener(),
+    ];
+    if let Some(w) = &webhooks {
+        breaker_listeners.push(w.clone());
+    }
+    let health = custos_health::HealthEngine::new(
+        config.health.clone(),
+        Arc::new(SystemClock),
+        Arc::new(custos_health::BreakerFanout(breaker_listeners)),
     );
     let breaker_gauge = crate::audit::BreakerGauge::default();
     registry.register(
@@ -284,9 +310,9 @@ async fn serve(
         breaker_gauge.clone(),
     );
     tokio::spawn(crate::audit::breaker_gauges(health.clone(), breaker_gauge));
-    let capacity = Arc::new(custos_health::CapacityLimiter::new(
-        custos_health::CapacitySettings::default(),
-    ));
+    let incident_metrics = crate::incidents::IncidentMetrics::new(&mut registry);
+    tokio::spawn(incident_metrics.run(incidents.clone(), webhooks.clone()));
+    let capacity = Arc::new(custos_health::CapacityLimiter::new(config.limits.clone()));
 
     let gateway = Gateway::new(
         &config,
@@ -322,6 +348,28 @@ async fn serve(
                     .collect(),
             }),
         ],
+    );
+
+    // Incident evaluation, operator commands submitted by the CLI, per-minute
+    // aggregates and (when enabled) active probes. The gateway registered
+    // every model with the health engine above.
+    let incident_loop = custos_health::spawn_incident_loop(incidents.clone(), health.clone());
+    tokio::spawn(crate::incidents::command_loop(
+        store.clone(),
+        incidents.clone(),
+        incident_ledger.clone(),
+        Duration::from_millis(500),
+    ));
+    tokio::spawn(crate::incidents::aggregates_loop(
+        store.clone(),
+        health.clone(),
+        config.timeseries.flush_interval,
+        config.timeseries.retention,
+    ));
+    let probes = custos_health::spawn_probes(
+        health.clone(),
+        Arc::new(crate::incidents::ProviderProber::new(&config, &providers)),
+        &config.health.probes,
     );
 
     let gateway_listener = bind(config.server.listen, "server.listen").await?;
@@ -423,6 +471,15 @@ async fn serve(
     }
     if let Err(e) = auth.flush().await {
         tracing::warn!(error = %e, "cannot store last-used times at shutdown");
+    }
+    incident_loop.shutdown().await;
+    if let Some(p) = probes {
+        p.shutdown().await;
+    }
+    let minutes =
+        health.drain_completed_minutes(std::time::SystemTime::now() + Duration::from_secs(60));
+    if let Err(e) = store.save_minutes(&minutes).await {
+        tracing::warn!(error = %e, "cannot save the last per-minute aggregates at shutdown");
     }
     if let Ok((ledger, _)) = &ledger {
         let mut already = std::collections::HashSet::new();

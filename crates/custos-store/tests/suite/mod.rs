@@ -1024,6 +1024,206 @@ pub async fn admin_events_round_trip(ctx: &Ctx) {
     assert_eq!(ctx.count("SELECT COUNT(*) FROM outbox").await, 2);
 }
 
+fn incident(id: &str, model: &str, started_s: u64, status: &str) -> custos_health::Incident {
+    let at =
+        |s: u64| humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_secs(s)).to_string();
+    serde_json::from_value(serde_json::json!({
+        "id": id, "model": model, "title": format!("{model}: error rate"),
+        "severity": "sev2", "severity_pinned": false, "status": status, "declared_by": null,
+        "started_at": at(started_s), "updated_at": at(started_s + 60),
+        "acknowledged_at": null, "acknowledged_by": null, "assignee": null,
+        "resolved_at": if status == "resolved" { serde_json::Value::from(at(started_s + 600)) } else { serde_json::Value::Null },
+        "resolved_by": null, "resolution": null, "recovering_since": null,
+        "symptoms": [], "peak_error_rate": 0.5, "peak_p95_ms": null, "affected_keys": 3,
+        "affected_keys_capped": false, "timeline": [], "timeline_dropped": 0, "postmortem": null
+    }))
+    .unwrap()
+}
+
+pub async fn incidents_round_trip(ctx: &Ctx) {
+    use custos_health::{IncidentQuery, IncidentStore, Severity};
+    let day = 1_750_000_000;
+    let a = incident("INC-20250615-0001", "gpt-4o", day, "resolved");
+    let mut b = incident("INC-20250615-0002", "gpt-4o", day + 3600, "open");
+    let c = incident("INC-20250616-0001", "claude", day + 86_400, "acknowledged");
+    for i in [&a, &b, &c] {
+        IncidentStore::save(&ctx.store, i).await.unwrap();
+    }
+    // Saving again replaces.
+    b.severity = Severity::Sev1;
+    IncidentStore::save(&ctx.store, &b).await.unwrap();
+    assert_eq!(
+        IncidentStore::get(&ctx.store, &b.id)
+            .await
+            .unwrap()
+            .unwrap(),
+        b
+    );
+    assert_eq!(
+        IncidentStore::get(&ctx.store, "INC-nope").await.unwrap(),
+        None
+    );
+    let ids =
+        |v: Vec<custos_health::Incident>| v.into_iter().map(|i| i.id).collect::<Vec<String>>();
+    let all = ctx
+        .store
+        .incidents(&IncidentQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(ids(all), [c.id.as_str(), b.id.as_str(), a.id.as_str()]);
+    let q = IncidentQuery {
+        model: Some("gpt-4o".into()),
+        active_only: true,
+        ..IncidentQuery::default()
+    };
+    assert_eq!(ids(ctx.store.incidents(&q).await.unwrap()), [b.id.as_str()]);
+    let q = IncidentQuery {
+        since: Some(UNIX_EPOCH + Duration::from_secs(day + 1)),
+        until: Some(UNIX_EPOCH + Duration::from_secs(day + 86_400)),
+        ..IncidentQuery::default()
+    };
+    assert_eq!(ids(ctx.store.incidents(&q).await.unwrap()), [b.id.as_str()]);
+    let q = IncidentQuery {
+        severity: Some(Severity::Sev2),
+        limit: Some(1),
+        ..IncidentQuery::default()
+    };
+    assert_eq!(ids(ctx.store.incidents(&q).await.unwrap()), [c.id.as_str()]);
+    assert_eq!(
+        IncidentStore::max_sequence(&ctx.store, "20250615")
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        IncidentStore::max_sequence(&ctx.store, "20250617")
+            .await
+            .unwrap(),
+        0
+    );
+    // A body that no longer decodes is reported, not skipped.
+    ctx.exec("UPDATE incidents SET body_json = '{' WHERE id = 'INC-20250615-0001'")
+        .await;
+    let err = IncidentStore::get(&ctx.store, &a.id).await.unwrap_err();
+    assert!(
+        matches!(err, custos_health::StoreError::Corrupt { .. }),
+        "{err}"
+    );
+}
+
+pub async fn incident_commands_are_applied_once_in_order(ctx: &Ctx) {
+    use custos_store::CommandOutcome;
+    let actor = api_actor();
+    let first = ctx
+        .store
+        .submit_incident_command("INC-1", "acknowledge", &actor, &serde_json::json!({}))
+        .await
+        .unwrap();
+    let second = ctx
+        .store
+        .submit_incident_command(
+            "INC-1",
+            "note",
+            &cli("bob"),
+            &serde_json::json!({"text": "hi"}),
+        )
+        .await
+        .unwrap();
+    let pending = ctx.store.pending_incident_commands(10).await.unwrap();
+    assert_eq!(
+        pending.iter().map(|c| c.id).collect::<Vec<_>>(),
+        [first, second]
+    );
+    assert_eq!(pending[0].actor, actor);
+    assert_eq!(pending[1].args["text"], "hi");
+    assert_eq!(
+        ctx.store.incident_command_outcome(first).await.unwrap(),
+        None
+    );
+    let applied = CommandOutcome::Applied(serde_json::json!({"id": "INC-1"}));
+    assert!(
+        ctx.store
+            .finish_incident_command(first, &applied)
+            .await
+            .unwrap()
+    );
+    // The first outcome stays.
+    let refused = CommandOutcome::Refused("already acknowledged".into());
+    assert!(
+        !ctx.store
+            .finish_incident_command(first, &refused)
+            .await
+            .unwrap()
+    );
+    assert!(
+        ctx.store
+            .finish_incident_command(second, &refused)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        ctx.store.incident_command_outcome(first).await.unwrap(),
+        Some(applied)
+    );
+    assert_eq!(
+        ctx.store.incident_command_outcome(second).await.unwrap(),
+        Some(refused)
+    );
+    assert!(
+        ctx.store
+            .pending_incident_commands(10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+pub async fn minute_aggregates_round_trip(ctx: &Ctx) {
+    let now = custos_types::Clock::now(&*ctx.clock);
+    let minute = |back: u64| {
+        let t = now - Duration::from_secs(back * 60);
+        let s = t.duration_since(UNIX_EPOCH).unwrap().as_secs();
+        UNIX_EPOCH + Duration::from_secs(s - s % 60)
+    };
+    let agg = |model: &str, back: u64, requests: u64| custos_health::MinuteAggregate {
+        minute: minute(back),
+        model: model.into(),
+        requests,
+        successes: requests - 1,
+        errors: 1,
+        client_errors: 0,
+        shed: 0,
+        latency_p50_ms: Some(12.5),
+        latency_p95_ms: Some(40.25),
+        latency_p99_ms: None,
+        latency_max_ms: Some(99.0),
+        prompt_tokens: 100 * requests,
+        completion_tokens: 7,
+    };
+    let rows = vec![
+        agg("a", 3, 10),
+        agg("a", 2, 20),
+        agg("b", 2, 5),
+        agg("a", 60 * 24 * 40, 1),
+    ];
+    ctx.store.save_minutes(&rows).await.unwrap();
+    // Written twice (a retried flush): replaced, not doubled.
+    ctx.store.save_minutes(&rows[1..2]).await.unwrap();
+    ctx.store.save_minutes(&[]).await.unwrap();
+    let got = ctx.store.minutes(None, minute(10), now).await.unwrap();
+    assert_eq!(got, rows[..3].to_vec());
+    let got = ctx.store.minutes(Some("b"), minute(10), now).await.unwrap();
+    assert_eq!(got, rows[2..3].to_vec());
+    assert_eq!(
+        ctx.store
+            .purge_minutes(Duration::from_secs(30 * 86_400))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(ctx.count("SELECT COUNT(*) FROM minute_aggregates").await, 3);
+}
+
 pub async fn outbox_rolls_back_with_the_change(ctx: &Ctx) {
     let generation = ctx.store.keys().generation().await.unwrap();
     // The create writes its key row and its event, then fails on the
@@ -1977,6 +2177,9 @@ macro_rules! scenarios {
             expiry,
             outbox_lifecycle,
             admin_events_round_trip,
+            incidents_round_trip,
+            incident_commands_are_applied_once_in_order,
+            minute_aggregates_round_trip,
             outbox_rolls_back_with_the_change,
             touch_last_used_in_batches,
             usage_counters,
