@@ -20,7 +20,7 @@ import urllib.request
 
 import pytest
 
-from conftest import start_custos, stop_custos
+from custos_process import start_custos, stop_custos
 
 CHROMIUM = os.environ.get("CUSTOS_CHROMIUM", "/usr/bin/chromium")
 SHOTS = os.environ.get("CUSTOS_SCREENSHOT_DIR") or tempfile.mkdtemp(prefix="custos-shots-")

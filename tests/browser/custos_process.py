@@ -1,4 +1,4 @@
-"""Fixtures for the console browser tests: the real binary (started by the
+"""Helpers for the console browser tests: the real binary (started by the
 SDK tests' helpers) and headless Debian chromium driven by playwright, with
 no browser download."""
 
