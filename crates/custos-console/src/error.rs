@@ -51,6 +51,9 @@ pub enum ConsoleError {
         "too many failed attempts; the account is locked, try again later or ask an admin to unlock it"
     )]
     Locked,
+    /// Too many failed sign-in attempts from this address; wait.
+    #[error("too many failed attempts from this address; try again later")]
+    Throttled,
     /// The store is busy; retry.
     #[error("the state store is busy, retry shortly")]
     Busy,
@@ -102,6 +105,11 @@ impl ConsoleError {
                 StatusCode::TOO_MANY_REQUESTS,
                 "authentication_error",
                 "account_locked",
+            ),
+            ConsoleError::Throttled => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "authentication_error",
+                "too_many_attempts",
             ),
             ConsoleError::Busy => (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -81,6 +81,11 @@ pub struct ConsoleState {
     dummy_hash: String,
     /// Whether cookies get `Secure` and the `__Host-` prefix.
     secure: bool,
+    /// Failed sign-in attempts per client address, against password
+    /// spraying across many (or unknown) user names, which the per-account
+    /// lockout does not see.
+    ip_failures:
+        std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (u32, std::time::SystemTime)>>,
 }
 
 impl std::fmt::Debug for ConsoleState {
@@ -102,6 +107,7 @@ impl ConsoleState {
             opts,
             dummy_hash,
             secure,
+            ip_failures: std::sync::Mutex::default(),
         })
     }
 

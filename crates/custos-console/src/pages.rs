@@ -206,9 +206,9 @@ async fn mfa(State(st): S, info: ReqInfo, form: FormBody<CodeInput>) -> PageResu
         .await
     {
         Ok(id) => Ok(redirect_with_session(&st, "/console/", Some(&id))),
-        Err(ConsoleError::Locked) => Ok(html_response(
+        Err(e @ (ConsoleError::Locked | ConsoleError::Throttled)) => Ok(html_response(
             StatusCode::TOO_MANY_REQUESTS,
-            login_page(Some(&ConsoleError::Locked.to_string()), None),
+            login_page(Some(&e.to_string()), None),
         )),
         Err(e @ ConsoleError::Invalid { .. }) => Ok(html_response(
             StatusCode::UNAUTHORIZED,

@@ -95,7 +95,45 @@ fn unix_secs(t: SystemTime) -> u64 {
 /// What a second-factor attempt was.
 pub(crate) const INVALID_CREDENTIALS: &str = "invalid user name or password";
 
+/// Failed attempts from one address within [`IP_WINDOW`] before it must
+/// wait.
+pub(crate) const IP_MAX_FAILURES: u32 = 20;
+/// The window of the per-address throttle.
+pub(crate) const IP_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// Addresses remembered at most; the oldest windows are dropped first.
+const IP_MAX_TRACKED: usize = 10_000;
+
 impl ConsoleState {
+    /// Whether `ip` has failed too often recently.
+    pub(crate) fn ip_throttled(&self, ip: Option<IpAddr>) -> bool {
+        let (Some(ip), now) = (ip, self.now()) else {
+            return false;
+        };
+        self.ip_failures.lock().is_ok_and(|map| {
+            map.get(&ip)
+                .is_some_and(|(n, since)| *n >= IP_MAX_FAILURES && now < *since + IP_WINDOW)
+        })
+    }
+
+    /// Counts a failed attempt from `ip`.
+    pub(crate) fn ip_failed(&self, ip: Option<IpAddr>) {
+        let Some(ip) = ip else { return };
+        let now = self.now();
+        if let Ok(mut map) = self.ip_failures.lock() {
+            if map.len() >= IP_MAX_TRACKED {
+                map.retain(|_, (_, since)| now < *since + IP_WINDOW);
+            }
+            if map.len() >= IP_MAX_TRACKED {
+                return;
+            }
+            let entry = map.entry(ip).or_insert((0, now));
+            if now >= entry.1 + IP_WINDOW {
+                *entry = (0, now);
+            }
+            entry.0 = entry.0.saturating_add(1);
+        }
+    }
+
     fn user_actor(
         &self,
         username: &str,
@@ -141,6 +179,9 @@ impl ConsoleState {
         password: &str,
         ip: Option<IpAddr>,
     ) -> Result<(String, SessionStage), ConsoleError> {
+        if self.ip_throttled(ip) {
+            return Err(ConsoleError::Throttled);
+        }
         let username = username.trim().to_lowercase();
         let user = if username.is_empty() || username.len() > 64 {
             None
@@ -162,6 +203,7 @@ impl ConsoleState {
             let mut event = event;
             event.actor.ip = ip;
             self.store().record_event(&event).await?;
+            self.ip_failed(ip);
             return Err(ConsoleError::Invalid {
                 message: INVALID_CREDENTIALS.into(),
                 code: "invalid_credentials",
@@ -180,6 +222,7 @@ impl ConsoleState {
             .await
             .unwrap_or(false);
         if !ok || user.state != UserState::Active {
+            self.ip_failed(ip);
             if user.state != UserState::Active {
                 let event = AdminEvent::new("login.refused", actor, self.now())
                     .target("user", user.id.as_str())
@@ -287,6 +330,9 @@ impl ConsoleState {
     ) -> Result<String, ConsoleError> {
         if p.user.is_locked(self.now()) {
             return Err(ConsoleError::Locked);
+        }
+        if self.ip_throttled(ip) {
+            return Err(ConsoleError::Throttled);
         }
         let users = self.store().users();
         if crypto::looks_like_recovery_code(code) {

@@ -37,6 +37,12 @@ impl Drop for TempDir {
 }
 
 async fn start() -> (Harness, Arc<Store>) {
+    start_with(None).await
+}
+
+/// `public_url`: the console's advertised base URL (`https://…` turns on
+/// `Secure` cookies), else the listener's own.
+async fn start_with(public_url: Option<&str>) -> (Harness, Arc<Store>) {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -79,11 +85,16 @@ async fn start() -> (Harness, Arc<Store>) {
         config,
         ledger_dir: dir.join("ledger"),
         clock: clock.clone(),
-        base_url: base.clone(),
+        base_url: public_url.map_or_else(|| base.clone(), str::to_owned),
     });
     let app = custos_console::router(state);
     tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+        .unwrap();
     });
     (
         Harness {
@@ -342,4 +353,71 @@ async fn sign_out_and_session_rotation() {
     for junk in ["", "x", &"A".repeat(500), "%00%ff"] {
         assert_eq!(h.get("/console/", junk).await.status(), 303, "{junk:?}");
     }
+}
+
+#[tokio::test]
+async fn failures_from_one_address_are_throttled() {
+    let (h, store) = start().await;
+    let (_, seed) = h.sign_up(&store).await;
+    let login = |user: &'static str, password: &'static str| {
+        client()
+            .post(format!("{}/console/login", h.base))
+            .form(&[("username", user), ("password", password)])
+            .send()
+    };
+    // Spraying unknown user names is not stopped by any account lockout,
+    // so the address is: after 20 failures it must wait 15 minutes.
+    for i in 0..20 {
+        let user = ["bob", "carol", "dave", "erin"][i % 4];
+        assert_eq!(login(user, "Winter2024!!!").await.unwrap().status(), 401);
+    }
+    let r = login("alice", PASSWORD).await.unwrap();
+    assert_eq!(r.status(), 429, "even the right password waits");
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("too many failed attempts from this address")
+    );
+    h.clock.advance(Duration::from_secs(15 * 60 + TOTP_STEP));
+    assert!(h.sign_in(&seed, h.secs()).await.is_ok());
+}
+
+#[tokio::test]
+async fn cookies_are_secure_and_host_prefixed_under_tls() {
+    let (h, store) = start_with(Some("https://custos-admin.example.com")).await;
+    let inv = custos_console::issue_invite(
+        &store,
+        "https://custos-admin.example.com",
+        Duration::from_secs(60),
+        Some("alice"),
+        Role::Viewer,
+        false,
+        &Actor::new(ActorKind::Cli, "root"),
+    )
+    .await
+    .unwrap();
+    assert!(
+        inv.link
+            .starts_with("https://custos-admin.example.com/console/setup?token=")
+    );
+    let token = inv.link.split("token=").nth(1).unwrap().to_owned();
+    let r = client()
+        .post(format!("{}/console/setup", h.base))
+        .form(&[
+            ("token", token.as_str()),
+            ("username", ""),
+            ("password", PASSWORD),
+            ("confirm", PASSWORD),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let set = r.headers()[SET_COOKIE].to_str().unwrap();
+    assert!(set.starts_with("__Host-custos_session="), "{set}");
+    for attr in ["; Path=/", "; HttpOnly", "; SameSite=Strict", "; Secure"] {
+        assert!(set.contains(attr), "{attr} missing: {set}");
+    }
+    assert!(!set.contains("Domain"), "{set}");
 }
