@@ -126,6 +126,24 @@ pub fn router(state: Arc<ConsoleState>) -> Router {
     Router::new()
         .merge(pages::routes())
         .merge(api::routes())
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::map_response(ui::security_headers))
         .with_state(state)
+}
+
+/// A known path with the wrong method: our JSON error, not an empty 405.
+async fn method_not_allowed() -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let body = serde_json::json!({"error": {
+        "message": "this method is not allowed on this route",
+        "type": "invalid_request_error",
+        "param": null,
+        "code": "method_not_allowed",
+    }});
+    let mut resp = (http::StatusCode::METHOD_NOT_ALLOWED, body.to_string()).into_response();
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
 }

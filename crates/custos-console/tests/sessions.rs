@@ -421,3 +421,67 @@ async fn cookies_are_secure_and_host_prefixed_under_tls() {
     }
     assert!(!set.contains("Domain"), "{set}");
 }
+
+#[tokio::test]
+async fn bad_form_and_method_input_gets_clear_errors() {
+    let (h, store) = start().await;
+    let (session, _) = h.sign_up(&store).await;
+    let html = h
+        .get("/console/keys/new", &session)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let csrf = hidden(&html, "csrf");
+    let post = |ctype: &'static str, body: Vec<u8>| {
+        client()
+            .post(format!("{}/console/keys", h.base))
+            .header(COOKIE, format!("custos_session={session}"))
+            .header("content-type", ctype)
+            .body(body)
+            .send()
+    };
+    let form = |extra: &str| format!("csrf={csrf}&name=svc{extra}").into_bytes();
+    // Wrong media type, oversized and undecodable bodies: an error page.
+    assert_eq!(
+        post("application/json", form("&models=mock-chat"))
+            .await
+            .unwrap()
+            .status(),
+        415
+    );
+    let mut huge = form("&models=");
+    huge.extend(std::iter::repeat_n(b'a', 100 * 1024));
+    assert_eq!(
+        post("application/x-www-form-urlencoded", huge)
+            .await
+            .unwrap()
+            .status(),
+        413
+    );
+    // Bad values re-render the form with the reason.
+    for (extra, want) in [
+        ("&models=mock-chat&rpm=lots", "rpm: must be a whole number"),
+        ("&models=mock-chat&expires_in=soon", "expires_in"),
+        ("&models=mock-chat&cidrs=300.1.1.1/8", "cidrs"),
+        ("&models=mock-chat&capabilities=teleport", "capabilities"),
+        ("&models=%ff%fe", "models"),
+    ] {
+        let r = post("application/x-www-form-urlencoded", form(extra))
+            .await
+            .unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        assert_eq!(status, 400, "{extra}: {text}");
+        assert!(text.contains(want), "{extra}: {want} not in the page");
+    }
+    // A known route with the wrong method: a JSON 405.
+    let r = client()
+        .delete(format!("{}/admin/v1/keys", h.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "method_not_allowed");
+}
