@@ -108,7 +108,7 @@ impl<'s> Tokens<'s> {
         if token.expires_at <= now {
             return Err(StoreError::invalid("expires_at", "must be in the future"));
         }
-        let mut tx = store.pool.begin().await.map_err(|e| store.db_err(e))?;
+        let mut tx = crate::users::begin_write(store).await?;
         sqlx::query(
             "INSERT INTO console_tokens (id, token_hash, name, role, user_id, created_at, \
              expires_at, revoked_at, last_used_at) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL)",
@@ -205,7 +205,7 @@ impl<'s> Tokens<'s> {
     pub async fn revoke(&self, id: &str, actor: &Actor) -> Result<bool> {
         let store = self.store;
         let now = store.clock.now();
-        let mut tx = store.pool.begin().await.map_err(|e| store.db_err(e))?;
+        let mut tx = crate::users::begin_write(store).await?;
         let exists: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM console_tokens WHERE id = $1")
             .bind(id)
             .fetch_one(&mut *tx)

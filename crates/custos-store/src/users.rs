@@ -362,7 +362,7 @@ impl<'s> Users<'s> {
         }
         let store = self.store;
         let now = self.now();
-        let mut tx = store.pool.begin().await.map_err(|e| store.db_err(e))?;
+        let mut tx = crate::users::begin_write(store).await?;
         if let Some(name) = &invite.username {
             let exists: i64 =
                 sqlx::query_scalar("SELECT COUNT(*) FROM console_users WHERE username = $1")
@@ -479,7 +479,7 @@ impl<'s> Users<'s> {
         let store = self.store;
         let now = self.now();
         let now_ms = to_ms(now);
-        let mut tx = store.pool.begin().await.map_err(|e| store.db_err(e))?;
+        let mut tx = crate::users::begin_write(store).await?;
         let row = sqlx::query(
             "SELECT id, username, role FROM console_invites \
              WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2",
@@ -597,7 +597,7 @@ impl<'s> Users<'s> {
     ) -> Result<FailureOutcome> {
         let store = self.store;
         let now = self.now();
-        let mut tx = store.pool.begin().await.map_err(|e| store.db_err(e))?;
+        let mut tx = crate::users::begin_write(store).await?;
         let attempts: i64 = sqlx::query_scalar(
             "UPDATE console_users SET failed_attempts = failed_attempts + 1 WHERE id = $1 \
              RETURNING failed_attempts",
@@ -652,7 +652,7 @@ impl<'s> Users<'s> {
     pub async fn record_login(&self, id: &str, method: &str, actor: &Actor) -> Result<()> {
         let store = self.store;
         let now = self.now();
-        let mut tx = store.pool.begin().await.map_err(|e| store.db_err(e))?;
+        let mut tx = crate::users::begin_write(store).await?;
         sqlx::query(
             "UPDATE console_users SET failed_attempts = 0, locked_until = NULL, \
              last_login_at = $1 WHERE id = $2",
@@ -702,7 +702,7 @@ impl<'s> Users<'s> {
     ) -> Result<()> {
         let store = self.store;
         let now = self.now();
-        let mut tx = store.pool.begin().await.map_err(|e| store.db_err(e))?;
+        let mut tx = crate::users::begin_write(store).await?;
         let n = sqlx::query(
             "UPDATE console_users SET totp_sealed = totp_pending_sealed, \
              totp_pending_sealed = NULL, totp_enrolled_at = $1, totp_last_step = $2, \
@@ -756,7 +756,7 @@ impl<'s> Users<'s> {
     ) -> Result<bool> {
         let store = self.store;
         let now = self.now();
-        let mut tx = store.pool.begin().await.map_err(|e| store.db_err(e))?;
+        let mut tx = crate::users::begin_write(store).await?;
         let n = sqlx::query(
             "UPDATE console_recovery_codes SET used_at = $1 \
              WHERE user_id = $2 AND code_hash = $3 AND used_at IS NULL",
@@ -795,7 +795,7 @@ impl<'s> Users<'s> {
     ) -> Result<()> {
         let store = self.store;
         let now = self.now();
-        let mut tx = store.pool.begin().await.map_err(|e| store.db_err(e))?;
+        let mut tx = crate::users::begin_write(store).await?;
         self.get_in(&mut tx, id).await?;
         replace_codes(store, &mut tx, id, hashes, now).await?;
         let event = AdminEvent::new("user.recovery_codes_regenerated", actor.clone(), now)
@@ -817,7 +817,7 @@ impl<'s> Users<'s> {
     ) -> Result<()> {
         let store = self.store;
         let now = self.now();
-        let mut tx = store.pool.begin().await.map_err(|e| store.db_err(e))?;
+        let mut tx = crate::users::begin_write(store).await?;
         self.get_in(&mut tx, id).await?;
         sqlx::query(
             "UPDATE console_users SET password_hash = $1, password_changed_at = $2, \
@@ -845,7 +845,7 @@ impl<'s> Users<'s> {
     pub async fn set_role(&self, id: &str, role: Role, actor: &Actor) -> Result<UserRecord> {
         let store = self.store;
         let now = self.now();
-        let mut tx = store.pool.begin().await.map_err(|e| store.db_err(e))?;
+        let mut tx = crate::users::begin_write(store).await?;
         let before = self.get_in(&mut tx, id).await?;
         if before.role == role {
             return Ok(before);
@@ -874,7 +874,7 @@ impl<'s> Users<'s> {
     pub async fn set_state(&self, id: &str, state: UserState, actor: &Actor) -> Result<UserRecord> {
         let store = self.store;
         let now = self.now();
-        let mut tx = store.pool.begin().await.map_err(|e| store.db_err(e))?;
+        let mut tx = crate::users::begin_write(store).await?;
         let before = self.get_in(&mut tx, id).await?;
         if before.state == state {
             return Ok(before);
@@ -914,7 +914,7 @@ impl<'s> Users<'s> {
     pub async fn reset_mfa(&self, id: &str, actor: &Actor, reason: &str) -> Result<UserRecord> {
         let store = self.store;
         let now = self.now();
-        let mut tx = store.pool.begin().await.map_err(|e| store.db_err(e))?;
+        let mut tx = crate::users::begin_write(store).await?;
         self.get_in(&mut tx, id).await?;
         sqlx::query(
             "UPDATE console_users SET totp_sealed = NULL, totp_pending_sealed = NULL, \
@@ -943,7 +943,7 @@ impl<'s> Users<'s> {
     pub async fn unlock(&self, id: &str, actor: &Actor) -> Result<UserRecord> {
         let store = self.store;
         let now = self.now();
-        let mut tx = store.pool.begin().await.map_err(|e| store.db_err(e))?;
+        let mut tx = crate::users::begin_write(store).await?;
         let before = self.get_in(&mut tx, id).await?;
         sqlx::query(
             "UPDATE console_users SET failed_attempts = 0, locked_until = NULL, updated_at = $1 \
@@ -962,6 +962,21 @@ impl<'s> Users<'s> {
         tx.commit().await.map_err(|e| store.db_err(e))?;
         Ok(after)
     }
+}
+
+/// Begins a transaction whose first statement is a write, as the key
+/// lifecycle does: on SQLite this takes the write lock at once (so the busy
+/// timeout applies), instead of a read that would later fail to upgrade
+/// with SQLITE_BUSY when another process committed meanwhile (the server's
+/// outbox drain does, every second). On PostgreSQL it serialises console
+/// changes on the same row as key changes.
+pub(crate) async fn begin_write(store: &Store) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+    let mut tx = store.pool.begin().await.map_err(|e| store.db_err(e))?;
+    sqlx::query("UPDATE store_meta SET keys_generation = keys_generation WHERE id = 1")
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| store.db_err(e))?;
+    Ok(tx)
 }
 
 async fn clear_user_secrets(store: &Store, conn: &mut AnyConnection, id: &str) -> Result<()> {

@@ -9,12 +9,14 @@ mod evidence_cmd;
 mod incidents;
 mod incidents_cmd;
 mod keys_cmd;
+mod keys_remote;
 mod ledger_cmd;
 mod readiness_cmd;
 mod serve;
 mod state;
 mod table;
 mod telemetry;
+mod users_cmd;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -47,6 +49,10 @@ enum Command {
     /// Scoped API keys: create, list, show, update, rotate, revoke.
     #[command(subcommand)]
     Keys(keys_cmd::KeysCommand),
+    /// Console users from the host shell: create (first admin), reset-mfa,
+    /// unlock, disable.
+    #[command(subcommand)]
+    Users(users_cmd::UsersCommand),
     /// The audit ledger: verify, prove, export, read (read-only).
     #[command(subcommand)]
     Audit(audit_cmd::AuditCommand),
@@ -98,6 +104,10 @@ fn main() -> ExitCode {
         Command::Ledger(cmd) => load_config(cli.config.as_deref()).and_then(|config| {
             let data_dir = data_dir(cli.data_dir, &config);
             ledger_cmd::run(&config, &data_dir, cmd)
+        }),
+        Command::Users(cmd) => load_config(cli.config.as_deref()).and_then(|config| {
+            let data_dir = data_dir(cli.data_dir, &config);
+            users_cmd::run(&data_dir, &config, cmd)
         }),
         Command::Incidents(cmd) => load_config(cli.config.as_deref()).and_then(|config| {
             let data_dir = data_dir(cli.data_dir, &config);

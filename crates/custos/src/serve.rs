@@ -148,8 +148,10 @@ async fn serve(
     data_dir: PathBuf,
     providers: HashMap<String, Arc<Provider>>,
 ) -> anyhow::Result<()> {
-    let (store, _minter) = crate::state::open(&data_dir).await?;
+    let (store, minter) = crate::state::open(&data_dir).await?;
     let pepper = crate::state::load_or_create_pepper(&data_dir)?;
+    let server_keys =
+        custos_console::ServerKeys::from_pepper(secrecy::ExposeSecret::expose_secret(&pepper));
     let hasher = KeyHasher::new(&pepper).map_err(|e| anyhow::anyhow!("pepper: {e}"))?;
     let source = Arc::new(crate::state::StoreKeySource::new(store.clone())?);
     let auth = Auth::new(
@@ -385,8 +387,37 @@ async fn serve(
         custos_gateway::router(gateway).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let admin_server = axum::serve(admin_listener, custos_admin::router(admin.clone()))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    // The console and the admin API live on the admin listener only: their
+    // router is merged into the admin router, never into the gateway's.
+    let console_base = config
+        .console
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{admin_addr}"));
+    let console = custos_console::ConsoleState::new(custos_console::ConsoleOptions {
+        store: store.clone(),
+        minter: Arc::new(minter),
+        server_keys,
+        keys_policy: config.keys,
+        config: config.console.clone(),
+        ledger_dir: data_dir.join(crate::audit::LEDGER_DIR),
+        clock: Arc::new(SystemClock),
+        base_url: console_base.clone(),
+    });
+    tokio::spawn(purge_sessions(
+        store.clone(),
+        config.console.session_idle_timeout,
+    ));
+    let admin_router = custos_admin::router(admin.clone()).merge(custos_console::router(console));
+    let admin_server = axum::serve(
+        admin_listener,
+        admin_router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let setup_link =
+        custos_console::setup_link_if_fresh(&store, &console_base, config.console.invite_ttl)
+            .await
+            .context("cannot issue the first admin's setup link")?;
 
     admin.set_ready(true);
     tracing::info!(
@@ -402,6 +433,19 @@ async fn serve(
             out,
             "custos ready gateway=http://{gateway_addr} admin=http://{admin_addr}"
         )?;
+        // No console user exists yet: the one-time link to create the first
+        // admin goes to the server's console only (stdout), never the log.
+        if let Some(link) = &setup_link {
+            writeln!(
+                out,
+                "custos setup: no console user exists yet. Create the first admin within {} at:\ncustos setup: {}",
+                humantime::format_duration(config.console.invite_ttl),
+                link.link
+            )?;
+            tracing::warn!(
+                "no console user exists; a one-time setup link was printed on stdout (or run `custos users create NAME --role admin`)"
+            );
+        }
         out.flush()?;
     }
 
@@ -480,6 +524,21 @@ async fn purge_expired(ledger: Arc<custos_ledger::Ledger>, retention: Duration) 
         };
         if let Err(e) = ledger.purge_before(cutoff).await {
             tracing::warn!(error = %e, "retention purge failed; will retry");
+        }
+    }
+}
+
+/// Removes expired console sessions every ten minutes (expiry is also
+/// checked on every request; this only keeps the table small).
+async fn purge_sessions(store: Arc<custos_store::Store>, idle: Duration) {
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tick.tick().await;
+        let Some(before) = store.now().checked_sub(idle) else {
+            continue;
+        };
+        if let Err(e) = store.sessions().purge(before).await {
+            tracing::warn!(error = %e, "cannot purge expired console sessions; will retry");
         }
     }
 }
