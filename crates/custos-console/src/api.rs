@@ -21,8 +21,8 @@ use crate::error::{ApiError, ConsoleError};
 use crate::keyjson::{event_json, key_json, rfc3339, user_json};
 use crate::service::{KeyPatchInput, NewKeyInput, parse_duration};
 
-type S = State<Arc<ConsoleState>>;
-type ApiResult = Result<Response, ApiError>;
+pub(crate) type S = State<Arc<ConsoleState>>;
+pub(crate) type ApiResult = Result<Response, ApiError>;
 
 /// The API routes.
 pub(crate) fn routes() -> Router<Arc<ConsoleState>> {
@@ -44,6 +44,15 @@ pub(crate) fn routes() -> Router<Arc<ConsoleState>> {
         .route("/admin/v1/audit/checkpoint", get(audit_checkpoint))
         .route("/admin/v1/audit/verify", post(audit_verify))
         .route("/admin/v1/audit/export", get(audit_export))
+        .route(
+            "/admin/v1/incidents",
+            get(crate::incidents::list).post(crate::incidents::declare),
+        )
+        .route("/admin/v1/incidents/{id}", get(crate::incidents::get))
+        .route(
+            "/admin/v1/incidents/{id}/actions",
+            post(crate::incidents::act),
+        )
 }
 
 /// Every `(method, path)` the API serves, for the OpenAPI consistency test.
@@ -70,9 +79,13 @@ pub(crate) const ROUTES: &[(&str, &str)] = &[
     ("get", "/admin/v1/audit/checkpoint"),
     ("post", "/admin/v1/audit/verify"),
     ("get", "/admin/v1/audit/export"),
+    ("get", "/admin/v1/incidents"),
+    ("post", "/admin/v1/incidents"),
+    ("get", "/admin/v1/incidents/{id}"),
+    ("post", "/admin/v1/incidents/{id}/actions"),
 ];
 
-fn ok(status: StatusCode, body: Value) -> Response {
+pub(crate) fn ok(status: StatusCode, body: Value) -> Response {
     let mut resp = (status, body.to_string()).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -81,7 +94,7 @@ fn ok(status: StatusCode, body: Value) -> Response {
     resp
 }
 
-fn query(raw: Option<String>) -> Result<HashMap<String, String>, ConsoleError> {
+pub(crate) fn query(raw: Option<String>) -> Result<HashMap<String, String>, ConsoleError> {
     serde_urlencoded::from_str::<Vec<(String, String)>>(raw.as_deref().unwrap_or(""))
         .map(|v| v.into_iter().collect())
         .map_err(|_| ConsoleError::invalid("the query string could not be read"))
@@ -96,7 +109,11 @@ fn truncate(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
-async fn auth(state: &ConsoleState, info: &ReqInfo, perm: Perm) -> Result<Principal, ConsoleError> {
+pub(crate) async fn auth(
+    state: &ConsoleState,
+    info: &ReqInfo,
+    perm: Perm,
+) -> Result<Principal, ConsoleError> {
     let p = state.principal(info, None).await?;
     p.require(perm)?;
     Ok(p)

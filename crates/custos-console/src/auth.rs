@@ -41,6 +41,8 @@ pub(crate) enum Perm {
     KeysWrite,
     AuditRead,
     UsersManage,
+    IncidentsRead,
+    IncidentsWrite,
 }
 
 impl Perm {
@@ -50,7 +52,10 @@ impl Perm {
             (_, Role::Admin)
                 | (Perm::Dashboard, _)
                 | (Perm::KeysRead | Perm::KeysWrite, Role::KeyManager)
-                | (Perm::KeysRead | Perm::AuditRead, Role::Auditor)
+                | (
+                    Perm::KeysRead | Perm::AuditRead | Perm::IncidentsRead,
+                    Role::Auditor
+                )
         )
     }
 
@@ -61,6 +66,8 @@ impl Perm {
             Perm::KeysWrite => "changing keys",
             Perm::AuditRead => "the audit ledger",
             Perm::UsersManage => "managing users",
+            Perm::IncidentsRead => "reading incidents",
+            Perm::IncidentsWrite => "acting on incidents",
         }
     }
 }

@@ -23,6 +23,7 @@ mod api;
 mod auth;
 pub mod crypto;
 mod error;
+mod incidents;
 pub mod keyjson;
 mod ledger;
 mod openapi;

@@ -10,14 +10,13 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use custos_health::{
-    HealthEngine, IncidentEngine, IncidentError, IncidentListener, IncidentNotice, Postmortem,
-    Severity, TimelineKind, ValueSource, WebhookNotifier, WebhookTarget,
+    HealthEngine, IncidentEngine, IncidentError, IncidentListener, IncidentNotice, TimelineKind,
+    ValueSource, WebhookNotifier, WebhookTarget,
 };
 use custos_ledger::Ledger;
 use custos_record::{Admin, AdminActor, Change, RecordBody, Scalar, System, Target, Via};
 use custos_store::{Actor, ActorKind, CommandOutcome, IncidentCommand, Store};
 use custos_types::{ExposeSecret as _, SecretString};
-use serde::{Deserialize, Serialize};
 
 /// How an operator is named in incident timelines: `cli:alice`,
 /// `user:bob`, `api:deploy-bot`.
@@ -208,64 +207,8 @@ fn admin_actor(actor: &Actor) -> AdminActor {
     }
 }
 
-/// One operator action on an incident, as submitted by the CLI or API.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Action {
-    /// Acknowledge: the time to acknowledge stops.
-    Acknowledge,
-    /// Assign to someone.
-    Assign {
-        /// The assignee.
-        assignee: String,
-    },
-    /// Add a note to the timeline.
-    Note {
-        /// The note.
-        text: String,
-    },
-    /// Set the severity by hand.
-    Severity {
-        /// The new severity.
-        severity: Severity,
-        /// Why.
-        reason: String,
-    },
-    /// Resolve by hand.
-    Resolve {
-        /// Closing note.
-        note: Option<String>,
-    },
-    /// Attach or replace the postmortem.
-    Postmortem {
-        /// The document.
-        postmortem: Postmortem,
-    },
-    /// Declare an incident Custos cannot see.
-    Declare {
-        /// The public model.
-        model: String,
-        /// Its severity.
-        severity: Severity,
-        /// One line.
-        title: String,
-    },
-}
-
-impl Action {
-    /// The name stored with a submitted command.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Action::Acknowledge => "acknowledge",
-            Action::Assign { .. } => "assign",
-            Action::Note { .. } => "note",
-            Action::Severity { .. } => "severity",
-            Action::Resolve { .. } => "resolve",
-            Action::Postmortem { .. } => "postmortem",
-            Action::Declare { .. } => "declare",
-        }
-    }
-}
+/// One operator action on an incident (shared with the console and API).
+pub use custos_health::OperatorAction as Action;
 
 /// Applies one action through the engine, attributing its ledger record to
 /// `actor`. Returns the incident after the action.
@@ -278,21 +221,7 @@ pub async fn apply(
 ) -> Result<custos_health::Incident, IncidentError> {
     let by = actor_label(actor);
     *listener.operator() = Some(actor.clone());
-    let result = match action {
-        Action::Acknowledge => engine.acknowledge(id, &by).await,
-        Action::Assign { assignee } => engine.assign(id, &by, &assignee).await,
-        Action::Note { text } => engine.annotate(id, &by, &text).await,
-        Action::Severity { severity, reason } => {
-            engine.set_severity(id, &by, severity, &reason).await
-        }
-        Action::Resolve { note } => engine.resolve(id, &by, note.as_deref()).await,
-        Action::Postmortem { postmortem } => engine.attach_postmortem(id, &by, postmortem).await,
-        Action::Declare {
-            model,
-            severity,
-            title,
-        } => engine.declare(&model, &by, severity, &title).await,
-    };
+    let result = action.apply(engine, id, &by).await;
     *listener.operator() = None;
     result
 }

@@ -902,3 +902,210 @@ async fn totp_replay_lockout_unlock_and_mfa_reset() {
         "{reset}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn incidents_through_the_admin_api() {
+    let dir = temp_dir("console-incidents");
+    let mut p = serve(dir.path());
+    let admin = format!("http://{}", p.admin);
+    let link = setup_link(&p);
+    let alice = sign_up(&admin, &link, "alice").await;
+    let mut tokens = std::collections::HashMap::new();
+    for role in ["admin", "key_manager", "auditor", "viewer"] {
+        let (s, t) = api(
+            &admin,
+            &alice.session,
+            "POST",
+            "/admin/v1/tokens",
+            Some(&alice.csrf),
+            Some(json!({"name": format!("{role} bot"), "role": role, "expires_in": "1d"})),
+        )
+        .await;
+        assert_eq!(s, 201, "{t}");
+        tokens.insert(role, t["token"].as_str().unwrap().to_owned());
+    }
+    let declare =
+        json!({"model": "mock-chat", "severity": "sev3", "title": "answers are truncated"});
+    // Only admins act on incidents; auditors read them; the others neither.
+    for role in ["key_manager", "auditor", "viewer"] {
+        let (s, _) = api(
+            &admin,
+            &tokens[role],
+            "POST",
+            "/admin/v1/incidents",
+            None,
+            Some(declare.clone()),
+        )
+        .await;
+        assert_eq!(s, 403, "{role} declaring");
+    }
+    let (s, b) = api(
+        &admin,
+        &tokens["admin"],
+        "POST",
+        "/admin/v1/incidents",
+        None,
+        Some(declare.clone()),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let id = b["incident"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(b["incident"]["status"], "acknowledged");
+    for (role, want) in [
+        ("admin", 200),
+        ("auditor", 200),
+        ("key_manager", 403),
+        ("viewer", 403),
+    ] {
+        let (s, b) = api(
+            &admin,
+            &tokens[role],
+            "GET",
+            "/admin/v1/incidents?active=true",
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(s, want, "{role}: {b}");
+        if s == 200 {
+            assert_eq!(b["incidents"][0]["id"], id.as_str());
+        }
+    }
+    let actions = format!("/admin/v1/incidents/{id}/actions");
+    let (s, _) = api(
+        &admin,
+        &tokens["auditor"],
+        "POST",
+        &actions,
+        None,
+        Some(json!({"action": "note", "text": "x"})),
+    )
+    .await;
+    assert_eq!(s, 403);
+    // A session needs its CSRF token, as everywhere.
+    let (s, _) = api(
+        &admin,
+        &alice.session,
+        "POST",
+        &actions,
+        None,
+        Some(json!({"action": "note", "text": "x"})),
+    )
+    .await;
+    assert_eq!(s, 403);
+    let (s, b) = api(
+        &admin,
+        &alice.session,
+        "POST",
+        &actions,
+        Some(&alice.csrf),
+        Some(json!({"action": "note", "text": "rolled back the prompt change"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    // Refused by the engine: a declared incident is acknowledged already.
+    let (s, b) = api(
+        &admin,
+        &tokens["admin"],
+        "POST",
+        &actions,
+        None,
+        Some(json!({"action": "acknowledge"})),
+    )
+    .await;
+    assert_eq!(s, 409, "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("already acknowledged"),
+        "{b}"
+    );
+    // Bad input.
+    for bad in [
+        json!({"action": "explode"}),
+        json!({"action": "note"}),
+        json!({"action": "severity", "severity": "sev9", "reason": "x"}),
+        json!([1, 2]),
+    ] {
+        let (s, b) = api(
+            &admin,
+            &tokens["admin"],
+            "POST",
+            &actions,
+            None,
+            Some(bad.clone()),
+        )
+        .await;
+        assert_eq!(s, 400, "{bad}: {b}");
+    }
+    let (s, _) = api(
+        &admin,
+        &tokens["admin"],
+        "POST",
+        "/admin/v1/incidents/INC-20000101-0001/actions",
+        None,
+        Some(json!({"action": "acknowledge"})),
+    )
+    .await;
+    assert_eq!(s, 404);
+    let (s, _) = api(
+        &admin,
+        &tokens["admin"],
+        "GET",
+        "/admin/v1/incidents?limit=0",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(s, 400);
+    let (s, b) = api(
+        &admin,
+        &tokens["admin"],
+        "POST",
+        &actions,
+        None,
+        Some(json!({"action": "resolve", "note": "fixed"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["incident"]["status"], "resolved");
+    let (s, b) = api(
+        &admin,
+        &tokens["auditor"],
+        "GET",
+        &format!("/admin/v1/incidents/{id}"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let events: Vec<&str> = b["incident"]["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["opened", "note", "resolved"]);
+
+    // Each action is an admin record naming the interface and the user.
+    p.signal("TERM");
+    assert!(p.wait_exit(std::time::Duration::from_secs(20)).success());
+    let reader = custos_ledger::LedgerReader::open(&dir.path().join("ledger"));
+    let mut seen = Vec::new();
+    for r in reader.records().unwrap() {
+        if let custos_record::RecordBody::Admin(a) = r.unwrap().record.body
+            && a.event.starts_with("incident.")
+        {
+            seen.push((a.event.clone(), format!("{:?}", a.actor.via), a.actor.mfa));
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            ("incident.opened".to_owned(), "Api".to_owned(), false),
+            ("incident.note".to_owned(), "Console".to_owned(), true),
+            ("incident.resolved".to_owned(), "Api".to_owned(), false),
+        ]
+    );
+}
