@@ -224,7 +224,7 @@ fn rejection_code(status: u16, code: Option<&str>) -> Option<&str> {
 }
 
 impl OutcomeSink for Metrics {
-    fn record(&self, o: RequestOutcome) {
+    fn record(&self, o: &RequestOutcome) {
         self.in_flight.dec();
         let status_class = match o.status {
             499 => "disconnect",
