@@ -29,7 +29,10 @@ pub(crate) struct Placed {
 /// ledger-assigned values went.
 pub(crate) fn write_record(record: &Record, out: &mut Vec<u8>) -> Placed {
     let Record { seq, ts, body } = record;
-    let mut placed = Placed { seq_at: 0, ts_at: 0 };
+    let mut placed = Placed {
+        seq_at: 0,
+        ts_at: 0,
+    };
     let mut m = Obj::open(out);
     match body {
         RecordBody::Inference(r) => {
