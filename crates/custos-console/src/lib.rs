@@ -126,6 +126,7 @@ impl ConsoleState {
 pub fn router(state: Arc<ConsoleState>) -> Router {
     Router::new()
         .merge(pages::routes())
+        .merge(incidents::page_routes())
         .merge(api::routes())
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::map_response(ui::security_headers))

@@ -24,8 +24,8 @@ use crate::keyjson::{rfc3339, state_name};
 use crate::service::{DEFAULT_CAPABILITIES, NewKeyInput, parse_duration};
 use crate::ui::{self, Nav, badge, bare, flash, page, secret_box};
 
-type S = State<Arc<ConsoleState>>;
-type PageResult = Result<Response, PageError>;
+pub(crate) type S = State<Arc<ConsoleState>>;
+pub(crate) type PageResult = Result<Response, PageError>;
 
 /// The page routes.
 pub(crate) fn routes() -> Router<Arc<ConsoleState>> {
@@ -63,7 +63,7 @@ pub(crate) fn routes() -> Router<Arc<ConsoleState>> {
         .route("/console/account/tokens/{id}/revoke", post(revoke_token))
 }
 
-fn html_response(status: StatusCode, markup: Markup) -> Response {
+pub(crate) fn html_response(status: StatusCode, markup: Markup) -> Response {
     (status, axum::response::Html(markup.into_string())).into_response()
 }
 
@@ -85,13 +85,13 @@ fn redirect_with_session(state: &ConsoleState, to: &str, session: Option<&str>) 
     resp
 }
 
-fn query(raw: Option<String>) -> std::collections::HashMap<String, String> {
+pub(crate) fn query(raw: Option<String>) -> std::collections::HashMap<String, String> {
     serde_urlencoded::from_str::<Vec<(String, String)>>(raw.as_deref().unwrap_or(""))
         .map(|v| v.into_iter().collect())
         .unwrap_or_default()
 }
 
-async fn full(
+pub(crate) async fn full(
     state: &ConsoleState,
     info: &ReqInfo,
     csrf: Option<&str>,

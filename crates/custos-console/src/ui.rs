@@ -79,6 +79,7 @@ pub(crate) enum Nav {
     Keys,
     Audit,
     Users,
+    Incidents,
     Account,
 }
 
@@ -98,6 +99,7 @@ pub(crate) fn page(title: &str, p: &Principal, csrf: &str, nav: Nav, body: Marku
                         (item(Nav::Dashboard, "/console/", "Dashboard"))
                         @if p.can(Perm::KeysRead) { (item(Nav::Keys, "/console/keys", "API keys")) }
                         @if p.can(Perm::AuditRead) { (item(Nav::Audit, "/console/audit", "Audit log")) }
+                        @if p.can(Perm::IncidentsRead) { (item(Nav::Incidents, "/console/incidents", "Incidents")) }
                         @if p.can(Perm::UsersManage) { (item(Nav::Users, "/console/users", "Users")) }
                         (item(Nav::Account, "/console/account", "Account"))
                         div.spacer {}

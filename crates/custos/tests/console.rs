@@ -1088,6 +1088,54 @@ async fn incidents_through_the_admin_api() {
         .collect();
     assert_eq!(events, ["opened", "note", "resolved"]);
 
+    // The console pages: list, detail with the timeline, a note by form
+    // (CSRF-protected like every form); a viewer has no incidents page.
+    let page = |path: String, session: String| {
+        let url = format!("{admin}{path}");
+        async move {
+            let r = client()
+                .get(url)
+                .header(COOKIE, format!("custos_session={session}"))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (s, html) = page("/console/incidents".into(), alice.session.clone()).await;
+    assert_eq!(s, 200);
+    assert!(
+        html.contains(&id) && html.contains("answers are truncated"),
+        "{html}"
+    );
+    let (s, html) = page(format!("/console/incidents/{id}"), alice.session.clone()).await;
+    assert_eq!(s, 200);
+    assert!(
+        html.contains("Timeline") && html.contains("rolled back the prompt change"),
+        "{html}"
+    );
+    let form_post = |csrf: Option<String>| {
+        let mut fields = vec![
+            ("action", "note".to_owned()),
+            ("text", "via the page".to_owned()),
+        ];
+        if let Some(c) = csrf {
+            fields.push(("csrf", c));
+        }
+        client()
+            .post(format!("{admin}/console/incidents/{id}/action"))
+            .header(COOKIE, format!("custos_session={}", alice.session))
+            .form(&fields)
+            .send()
+    };
+    let r = form_post(None).await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = form_post(Some(alice.csrf.clone())).await.unwrap();
+    assert!(r.status().is_redirection(), "{}", r.status());
+    let (s, html) = page(format!("/console/incidents/{id}"), alice.session.clone()).await;
+    assert_eq!(s, 200);
+    assert!(html.contains("via the page"));
+
     // Each action is an admin record naming the interface and the user.
     p.signal("TERM");
     assert!(p.wait_exit(std::time::Duration::from_secs(20)).success());
@@ -1106,6 +1154,7 @@ async fn incidents_through_the_admin_api() {
             ("incident.opened".to_owned(), "Api".to_owned(), false),
             ("incident.note".to_owned(), "Console".to_owned(), true),
             ("incident.resolved".to_owned(), "Api".to_owned(), false),
+            ("incident.note".to_owned(), "Console".to_owned(), true),
         ]
     );
 }
