@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime};
 
+use custos_merkle::LeafHasher;
 use custos_record::{MAX_RECORD_BYTES, PreEncoded, RecordBody, RecordError};
 use custos_types::Clock;
 use tokio::sync::oneshot;
@@ -264,8 +265,16 @@ impl Ledger {
                 capacity: shared.capacity,
             });
         }
+        // Most of a record comes before its `seq`, so most of its leaf hash
+        // can be computed here, in parallel, instead of on the writer.
+        let mut prefix = LeafHasher::new();
+        prefix.update(record.head());
         let (reply, rx) = oneshot::channel();
-        match self.send(Command::Append { record, reply }) {
+        match self.send(Command::Append {
+            record,
+            prefix,
+            reply,
+        }) {
             Ok(()) => Ok(AppendTicket { rx }),
             Err(e) => {
                 shared.depth.fetch_sub(1, Relaxed);

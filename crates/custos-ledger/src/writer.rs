@@ -18,7 +18,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use custos_merkle::{Frontier, Hash, leaf_hash};
+use custos_merkle::{Frontier, Hash, LeafHasher, leaf_hash};
 use custos_note::Signer;
 use custos_record::{
     MAX_RECORD_BYTES, PreEncoded, RecordBody, RecordError, Scalar, System, Timestamp, decode,
@@ -77,6 +77,8 @@ type Reply<T> = oneshot::Sender<Result<T, LedgerError>>;
 pub(crate) enum Command {
     Append {
         record: PreEncoded,
+        /// The leaf hasher fed with [`PreEncoded::head`].
+        prefix: LeafHasher,
         reply: Reply<Appended>,
     },
     Checkpoint {
@@ -156,9 +158,13 @@ impl Writer {
             let mut handled = 0;
             while let Some(cmd) = next.take() {
                 match cmd {
-                    Command::Append { record, reply } => {
+                    Command::Append {
+                        record,
+                        prefix,
+                        reply,
+                    } => {
                         self.shared.depth.fetch_sub(1, Relaxed);
-                        self.stage(&record, Some(reply));
+                        self.stage(&record, Some(prefix), Some(reply));
                     }
                     Command::Shutdown { reply } => {
                         let _ = reply.send(self.finish());
@@ -218,8 +224,14 @@ impl Writer {
     }
 
     /// Encodes, hashes and buffers one record. It is written by the next
-    /// [`commit`](Self::commit).
-    fn stage(&mut self, record: &PreEncoded, reply: Option<Reply<Appended>>) {
+    /// [`commit`](Self::commit). `prefix`, when given, has already hashed
+    /// the record's [`head`](PreEncoded::head).
+    fn stage(
+        &mut self,
+        record: &PreEncoded,
+        prefix: Option<LeafHasher>,
+        reply: Option<Reply<Appended>>,
+    ) {
         if let Some(err) = self.unavailable() {
             if let Some(reply) = reply {
                 let _ = reply.send(Err(err));
@@ -258,7 +270,13 @@ impl Writer {
             return;
         }
         let at = self.buf.len() - len;
-        let leaf = leaf_hash(&self.buf[at..]);
+        let leaf = match prefix {
+            Some(mut hasher) => {
+                hasher.update(&self.buf[at + record.head().len()..]);
+                hasher.finish()
+            }
+            None => leaf_hash(&self.buf[at..]),
+        };
         self.buf.push(b'\n');
         if let Err(e) = self.frontier.append(leaf) {
             self.buf.truncate(at);
@@ -492,7 +510,7 @@ impl Writer {
     fn append_own(&mut self, body: System) -> Result<u64, LedgerError> {
         let record = PreEncoded::new(RecordBody::System(body))?;
         let (tx, mut rx) = oneshot::channel();
-        self.stage(&record, Some(tx));
+        self.stage(&record, None, Some(tx));
         self.commit();
         if self.unsynced_since.is_some() {
             self.sync()?;

@@ -65,6 +65,28 @@ async fn appends_are_durable_and_checkpointed_at_shutdown() {
     ledger.shutdown().await.unwrap();
 }
 
+/// The writer finishes leaf hashes that callers started on the part of the
+/// record before `seq` (issue #8); the result must be the hash of the
+/// stored line, for records of every size.
+#[tokio::test]
+async fn ticket_leaf_hashes_are_those_of_the_stored_lines() {
+    let tmp = TempDir::new("leaf-prefix");
+    let clock = clock();
+    let (ledger, _) = open(&tmp.ledger(), options(1), clock.clone());
+    let mut appended = Vec::new();
+    for i in 0..40 {
+        appended.push(ledger.append(request(i)).unwrap().await.unwrap());
+    }
+    ledger.shutdown().await.unwrap();
+    drop(ledger);
+    let files = segment_files(&tmp.ledger());
+    let text = fs::read_to_string(&files[0]).unwrap();
+    for (line, a) in text.lines().zip(&appended) {
+        assert_eq!(a.leaf_hash, leaf_hash(line.as_bytes()), "seq {}", a.seq);
+    }
+    assert_eq!(text.lines().count(), appended.len());
+}
+
 #[tokio::test]
 async fn a_second_writer_is_refused() {
     let tmp = TempDir::new("lock");

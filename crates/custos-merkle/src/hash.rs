@@ -21,6 +21,43 @@ pub fn leaf_hash(data: &[u8]) -> Hash {
         .into()
 }
 
+/// [`leaf_hash`] fed in pieces: a writer can hash the part of a leaf it
+/// knows early (on many threads) and finish it later (on one), with the
+/// same result as hashing the whole leaf at once.
+#[derive(Clone)]
+pub struct LeafHasher(Sha256);
+
+impl std::fmt::Debug for LeafHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeafHasher").finish_non_exhaustive()
+    }
+}
+
+impl Default for LeafHasher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LeafHasher {
+    /// A hasher that has seen no leaf data yet.
+    #[must_use]
+    pub fn new() -> Self {
+        LeafHasher(Sha256::new().chain_update([LEAF_PREFIX]))
+    }
+
+    /// Feeds the next bytes of the leaf data.
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    /// The leaf hash of everything fed so far.
+    #[must_use]
+    pub fn finish(self) -> Hash {
+        self.0.finalize().into()
+    }
+}
+
 /// Hashes two child hashes into their parent: `SHA-256(0x01 || left || right)`.
 #[must_use]
 pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
@@ -50,6 +87,21 @@ impl std::fmt::Display for Hex<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leaf_hasher_matches_leaf_hash_at_every_split() {
+        let data: Vec<u8> = (0..300u32).map(|i| (i * 7 % 251) as u8).collect();
+        for split in 0..=data.len() {
+            let mut h = LeafHasher::new();
+            h.update(&data[..split]);
+            let copy = h.clone();
+            h.update(&data[split..]);
+            assert_eq!(h.finish(), leaf_hash(&data), "split at {split}");
+            let mut again = copy;
+            again.update(&data[split..]);
+            assert_eq!(again.finish(), leaf_hash(&data));
+        }
+    }
 
     #[test]
     fn empty_root_is_sha256_of_nothing() {

@@ -36,6 +36,6 @@ mod proof;
 mod verify;
 
 pub use frontier::Frontier;
-pub use hash::{Hash, empty_root, leaf_hash, node_hash};
+pub use hash::{Hash, LeafHasher, empty_root, leaf_hash, node_hash};
 pub use proof::{Error, consistency_proof, inclusion_proof, root};
 pub use verify::{VerifyError, root_from_inclusion_proof, verify_consistency, verify_inclusion};

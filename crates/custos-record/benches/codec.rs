@@ -10,49 +10,11 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use custos_record::{
-    Inference, KeyActor, Record, RecordBody, Timestamp, Usage, UsageSource, decode, encode_into,
-};
-
-fn record() -> Record {
-    Record {
-        seq: 123_456,
-        ts: Timestamp::from_unix_micros(1_735_689_600_000_042).unwrap(),
-        body: RecordBody::Inference(Inference {
-            event: "request".into(),
-            request_id: "01JGZ8X3R00000000000000000".into(),
-            actor: Some(KeyActor {
-                key_id: Some("ck_7Q2x".into()),
-                key_name: Some("ci-runner".into()),
-                owner: Some("alice@example.com".into()),
-                team: Some("platform".into()),
-            }),
-            client: None,
-            endpoint: "chat.completions".into(),
-            method: "POST".into(),
-            path: "/v1/chat/completions".into(),
-            model_requested: Some("gpt-4o".into()),
-            model_served: Some("gpt-4o-2024-08-06".into()),
-            provider: Some("openai".into()),
-            attempts: Vec::new(),
-            upstream_request_id: Some("req_abc123".into()),
-            status: 200,
-            error_code: None,
-            usage: Some(Usage {
-                completion_tokens: 20,
-                prompt_tokens: 100,
-                source: UsageSource::Upstream,
-                total_tokens: 120,
-            }),
-            stream: false,
-            latency_us: 2_051_000,
-            ttfb_us: Some(1_400_000),
-        }),
-    }
-}
+use custos_record::sample::inference_record;
+use custos_record::{decode, encode_into};
 
 fn bench_codec(c: &mut Criterion) {
-    let record = record();
+    let record = inference_record(0, 123_456);
     let mut bytes = Vec::new();
     encode_into(&record, &mut bytes);
     let mut group = c.benchmark_group("record");

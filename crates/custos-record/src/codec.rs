@@ -1,7 +1,8 @@
 //! The canonical encoder and the strict decoder.
 //!
-//! Encoding writes the keys of each record type in a fixed, sorted order
-//! by hand; nested structs get the same property from their field order.
+//! Encoding (in `canonical`) writes the keys of each record type in a
+//! fixed, sorted order by hand; the serde definition it is tested against
+//! lives here.
 //! Decoding reads into one private struct that has every top-level key of
 //! every record type (so it needs a single pass and no buffering), checks
 //! which keys the record type allows, validates the values, and finally
@@ -10,8 +11,9 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use serde::ser::SerializeMap;
-use serde::{Deserialize, Serialize, Serializer};
+use serde::Deserialize;
+#[cfg(test)]
+use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use crate::SCHEMA_VERSION;
 use crate::error::RecordError;
@@ -38,10 +40,19 @@ pub fn encode(record: &Record) -> Vec<u8> {
 /// Appends the canonical encoding of `record` to `out`, so that a writer
 /// can encode a batch into one buffer.
 pub fn encode_into(record: &Record, out: &mut Vec<u8>) {
-    let mut ser = serde_json::Serializer::new(out);
+    crate::canonical::write_record(record, out);
+}
+
+/// The canonical encoding through serde, the definition the hand-written
+/// encoder is tested against.
+#[cfg(test)]
+pub(crate) fn serde_encode(record: &Record) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut ser = serde_json::Serializer::new(&mut out);
     // Serialising into a Vec cannot fail: every map key is a string and
     // every value a string, integer, boolean, sequence or map of those.
     let _ = Canonical(record).serialize(&mut ser);
+    out
 }
 
 /// Decodes one record and checks that `bytes` is exactly its canonical
@@ -73,48 +84,25 @@ pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
     }
     let record = wire.into_record()?;
     record.body.validate()?;
-    // Re-encode into a writer that compares as it goes, instead of
-    // allocating the canonical form and comparing afterwards.
-    let mut check = Compare {
-        expected: bytes,
-        at: 0,
-        mismatch: None,
-    };
-    let mut ser = serde_json::Serializer::new(&mut check);
-    // The comparing writer never fails; a mismatch is recorded instead.
-    let _ = Canonical(&record).serialize(&mut ser);
-    match check.mismatch {
-        None if check.at == bytes.len() => Ok(record),
-        None => Err(RecordError::NonCanonical { offset: check.at }),
-        Some(offset) => Err(RecordError::NonCanonical { offset }),
-    }
-}
-
-/// A writer that checks its input equals `expected`, remembering the
-/// offset of the first difference.
-struct Compare<'a> {
-    expected: &'a [u8],
-    at: usize,
-    mismatch: Option<usize>,
-}
-
-impl std::io::Write for Compare<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.mismatch.is_none() {
-            let rest = &self.expected[self.at.min(self.expected.len())..];
-            if rest.starts_with(buf) {
-                self.at += buf.len();
-            } else {
-                let same = rest.iter().zip(buf).take_while(|(a, b)| a == b).count();
-                self.mismatch = Some(self.at + same);
-            }
+    // Re-encode and compare: only the canonical bytes are accepted. The
+    // encoding goes into a reused per-thread buffer and is compared with
+    // one `memcmp`; comparing each of the serialiser's many small writes
+    // as it went cost more than the encoding itself.
+    REENCODED.with_borrow_mut(|buf| {
+        buf.clear();
+        encode_into(&record, buf);
+        if buf.as_slice() == bytes {
+            return Ok(());
         }
-        Ok(buf.len())
-    }
+        let same = buf.iter().zip(bytes).take_while(|(a, b)| a == b).count();
+        Err(RecordError::NonCanonical { offset: same })
+    })?;
+    Ok(record)
+}
 
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+thread_local! {
+    /// [`decode`]'s buffer for the re-encoding, reused across calls.
+    static REENCODED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// A record body encoded ahead of its `seq` and `ts`, so that callers can
@@ -149,24 +137,15 @@ impl PreEncoded {
             ts: Timestamp::EPOCH,
             body,
         };
-        let bytes = encode(&record);
-        // Every key after the top-level `seq` and `ts` in sorted order has
-        // a fixed shape without a nested `seq` or `ts` key (only `details`
-        // and `changes` have free keys, and they sort before both), so the
-        // last occurrences are the top-level ones. Quotes inside strings
-        // are always escaped, so these patterns cannot match string data.
-        let seq_at = rfind(&bytes, b"\"seq\":0,").map(|i| i + 6);
-        let ts_at = rfind(&bytes, b"\"ts\":\"1970-01-01T00:00:00.000000Z\"").map(|i| i + 6);
-        match (seq_at, ts_at) {
-            (Some(seq_at), Some(ts_at)) if seq_at < ts_at => Ok(PreEncoded {
-                bytes,
-                seq_at,
-                ts_at,
-            }),
-            _ => Err(RecordError::Malformed {
-                reason: "encoded record lacks its seq or ts placeholder".into(),
-            }),
-        }
+        let mut bytes = Vec::with_capacity(384);
+        // The encoder reports where it put the two values, so nothing has
+        // to search for the placeholders.
+        let placed = crate::canonical::write_record(&record, &mut bytes);
+        Ok(PreEncoded {
+            bytes,
+            seq_at: placed.seq_at,
+            ts_at: placed.ts_at,
+        })
     }
 
     /// Appends the canonical encoding of the record with `seq` and `ts`
@@ -188,10 +167,16 @@ impl PreEncoded {
         out.extend_from_slice(&digits[i..]);
         let (middle, tail) = rest[1..].split_at(self.ts_at - self.seq_at - 1);
         out.extend_from_slice(middle);
-        let mut text = String::with_capacity(TS_PLACEHOLDER.len());
-        ts.write_to(&mut text);
-        out.extend_from_slice(text.as_bytes());
+        out.extend_from_slice(&ts.to_canonical());
         out.extend_from_slice(&tail[TS_PLACEHOLDER.len()..]);
+    }
+
+    /// The encoding up to the value of the top-level `seq`: the first bytes
+    /// of what [`finish`](Self::finish) writes, whatever `seq` and `ts`
+    /// are. A writer can hash them before it knows either.
+    #[must_use]
+    pub fn head(&self) -> &[u8] {
+        &self.bytes[..self.seq_at]
     }
 
     /// The encoded length with the placeholders, a lower bound of the
@@ -206,10 +191,6 @@ impl PreEncoded {
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()
     }
-}
-
-fn rfind(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).rposition(|w| w == needle)
 }
 
 fn malformed(e: &serde_json::Error) -> RecordError {
@@ -230,8 +211,10 @@ fn version_error(bytes: &[u8]) -> Option<RecordError> {
 }
 
 /// Serialises a record with its keys in bytewise order.
+#[cfg(test)]
 struct Canonical<'a>(&'a Record);
 
+#[cfg(test)]
 fn opt<M: SerializeMap, T: Serialize>(m: &mut M, key: &str, v: Option<&T>) -> Result<(), M::Error> {
     match v {
         Some(v) => m.serialize_entry(key, v),
@@ -239,6 +222,7 @@ fn opt<M: SerializeMap, T: Serialize>(m: &mut M, key: &str, v: Option<&T>) -> Re
     }
 }
 
+#[cfg(test)]
 impl Serialize for Canonical<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let Record { seq, ts, body } = self.0;

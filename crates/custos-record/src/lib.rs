@@ -51,9 +51,12 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod canonical;
 mod codec;
 mod error;
 mod receipt;
+#[cfg(feature = "sample")]
+pub mod sample;
 mod schema;
 mod time;
 mod validate;

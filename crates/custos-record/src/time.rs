@@ -58,45 +58,133 @@ impl Timestamp {
     /// [`RecordError::InvalidTimestamp`] for any other form, including
     /// other fraction lengths, offsets other than `Z`, and leap seconds.
     pub fn parse(text: &str) -> Result<Self, RecordError> {
-        // The fixed length excludes other precisions before parsing; the
-        // round trip below excludes every other alternative form.
-        if text.len() != "2006-01-02T15:04:05.000000Z".len() {
+        // Every field has a fixed width and a checked range, so there is
+        // exactly one accepted text per instant: no round trip is needed
+        // to reject alternative forms. This runs on every record the
+        // verifier reads, hence no allocation and no general parser.
+        let b: &[u8; CANONICAL_LEN] = text
+            .as_bytes()
+            .try_into()
+            .map_err(|_| RecordError::InvalidTimestamp)?;
+        let separators = [
+            (4, b'-'),
+            (7, b'-'),
+            (10, b'T'),
+            (13, b':'),
+            (16, b':'),
+            (19, b'.'),
+            (26, b'Z'),
+        ];
+        if separators.iter().any(|&(i, c)| b[i] != c) {
             return Err(RecordError::InvalidTimestamp);
         }
-        let time = humantime::parse_rfc3339(text).map_err(|_| RecordError::InvalidTimestamp)?;
-        let ts = Self::from_system_time(time);
-        let mut check = String::with_capacity(27);
-        ts.write_to(&mut check);
-        if check != text || ts.to_system_time() != time {
+        let num = |from: usize, to: usize| -> Result<u64, RecordError> {
+            b[from..to].iter().try_fold(0u64, |n, &d| {
+                if d.is_ascii_digit() {
+                    Ok(n * 10 + u64::from(d - b'0'))
+                } else {
+                    Err(RecordError::InvalidTimestamp)
+                }
+            })
+        };
+        let (year, month, day) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
+        let (hour, minute, second) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
+        let micros = num(20, 26)?;
+        let valid = year >= 1970
+            && (1..=12).contains(&month)
+            && day >= 1
+            && day <= days_in_month(year, month)
+            && hour < 24
+            && minute < 60
+            && second < 60;
+        if !valid {
             return Err(RecordError::InvalidTimestamp);
         }
-        Ok(ts)
+        let secs = days_from_civil(year, month, day) * 86_400 + hour * 3_600 + minute * 60 + second;
+        Self::from_unix_micros(secs * 1_000_000 + micros).ok_or(RecordError::InvalidTimestamp)
     }
 
-    /// Appends the canonical text to `out`.
-    pub(crate) fn write_to(self, out: &mut String) {
-        use fmt::Write as _;
-        // The formatter only fails past the year 9999, which the
-        // constructors exclude.
-        let _ = write!(
-            out,
-            "{}",
-            humantime::format_rfc3339_micros(self.to_system_time())
-        );
+    /// The canonical text, `YYYY-MM-DDTHH:MM:SS.ffffffZ`, as bytes.
+    #[must_use]
+    pub fn to_canonical(self) -> [u8; CANONICAL_LEN] {
+        let secs = self.0 / 1_000_000;
+        let micros = self.0 % 1_000_000;
+        let (year, month, day) = civil_from_days(secs / 86_400);
+        let rem = secs % 86_400;
+        let mut out = *b"0000-00-00T00:00:00.000000Z";
+        put_digits(&mut out[0..4], year);
+        put_digits(&mut out[5..7], month);
+        put_digits(&mut out[8..10], day);
+        put_digits(&mut out[11..13], rem / 3_600);
+        put_digits(&mut out[14..16], rem % 3_600 / 60);
+        put_digits(&mut out[17..19], rem % 60);
+        put_digits(&mut out[20..26], micros);
+        out
     }
+}
+
+/// The length of the canonical text.
+pub const CANONICAL_LEN: usize = 27;
+
+/// Writes `n` as zero-padded decimal filling `out`.
+fn put_digits(out: &mut [u8], mut n: u64) {
+    for d in out.iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+}
+
+fn is_leap(year: u64) -> bool {
+    year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400))
+}
+
+fn days_in_month(year: u64, month: u64) -> u64 {
+    match month {
+        2 if is_leap(year) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date on or after it
+/// (H. Hinnant's `days_from_civil`, for non-negative years).
+fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let mp = if month > 2 { month - 3 } else { month + 9 };
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The date of a day count since 1970-01-01 (H. Hinnant's
+/// `civil_from_days`, for non-negative counts).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
 }
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&humantime::format_rfc3339_micros(self.to_system_time()), f)
+        let text = self.to_canonical();
+        f.write_str(std::str::from_utf8(&text).unwrap_or_default())
     }
 }
 
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut text = String::with_capacity(27);
-        self.write_to(&mut text);
-        s.serialize_str(&text)
+        let text = self.to_canonical();
+        s.serialize_str(std::str::from_utf8(&text).unwrap_or_default())
     }
 }
 
@@ -146,6 +234,50 @@ mod tests {
                 Err(RecordError::InvalidTimestamp),
                 "{bad}"
             );
+        }
+    }
+
+    /// The hand-written calendar code against humantime, which the
+    /// format was first defined with: the same text for the same instant,
+    /// and the same verdict on mutated texts.
+    #[test]
+    fn agrees_with_humantime() {
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let edges = [
+            0,
+            1,
+            86_399_999_999,
+            951_782_400_000_000,   // 2000-02-29
+            4_107_542_400_000_000, // 2100-03-01
+            MAX_MICROS - 1,
+        ];
+        let randoms: Vec<u64> = (0..20_000).map(|_| next() % MAX_MICROS).collect();
+        for micros in edges.into_iter().chain(randoms) {
+            let ts = Timestamp(micros);
+            let ours = ts.to_string();
+            let theirs = humantime::format_rfc3339_micros(ts.to_system_time()).to_string();
+            assert_eq!(ours, theirs);
+            assert_eq!(Timestamp::parse(&ours), Ok(ts));
+            // Mutate one byte into another digit or separator and compare
+            // the verdict with the humantime round trip.
+            let mut bytes = ours.into_bytes();
+            let at = (next() % 27) as usize;
+            let pick = (next() % 15) as usize;
+            bytes[at] = b"0123456789-:TZ."[pick];
+            let text = String::from_utf8(bytes).unwrap();
+            let reference = humantime::parse_rfc3339(&text)
+                .ok()
+                .map(Timestamp::from_system_time)
+                .filter(|t| {
+                    humantime::format_rfc3339_micros(t.to_system_time()).to_string() == text
+                });
+            assert_eq!(Timestamp::parse(&text).ok(), reference, "{text}");
         }
     }
 

@@ -13,43 +13,10 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use custos_ledger::{Durability, Ledger, LedgerOptions, LedgerReader};
-use custos_record::{Inference, KeyActor, RecordBody, Usage, UsageSource};
+use custos_record::sample::inference as body;
 use custos_verify::verify_dir;
 
 const RECORDS: u64 = 20_000;
-
-fn body(i: u64) -> RecordBody {
-    RecordBody::Inference(Inference {
-        event: "request".into(),
-        request_id: format!("01JGZ8X3R{i:016}"),
-        actor: Some(KeyActor {
-            key_id: Some("ck_7Q2x".into()),
-            key_name: Some("ci-runner".into()),
-            owner: Some("alice@example.com".into()),
-            team: Some("platform".into()),
-        }),
-        client: None,
-        endpoint: "chat.completions".into(),
-        method: "POST".into(),
-        path: "/v1/chat/completions".into(),
-        model_requested: Some("gpt-4o".into()),
-        model_served: Some("gpt-4o-2024-08-06".into()),
-        provider: Some("openai".into()),
-        attempts: Vec::new(),
-        upstream_request_id: Some("req_abc123".into()),
-        status: 200,
-        error_code: None,
-        usage: Some(Usage {
-            completion_tokens: 20,
-            prompt_tokens: 100,
-            source: UsageSource::Upstream,
-            total_tokens: 120,
-        }),
-        stream: false,
-        latency_us: 2_051_000,
-        ttfb_us: Some(1_400_000),
-    })
-}
 
 fn bench_verify(c: &mut Criterion) {
     let dir = std::env::temp_dir().join(format!("custos-verify-bench-{}", std::process::id()));
