@@ -411,7 +411,7 @@ impl Auth {
 }
 
 impl OutcomeSink for Auth {
-    fn record(&self, outcome: RequestOutcome) {
+    fn record(&self, outcome: &RequestOutcome) {
         let (Some(actor), Some(usage)) = (&outcome.actor, outcome.usage) else {
             return;
         };

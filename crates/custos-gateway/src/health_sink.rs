@@ -38,7 +38,7 @@ fn classify(o: &RequestOutcome) -> RequestStatus {
 }
 
 impl OutcomeSink for HealthSink {
-    fn record(&self, o: RequestOutcome) {
+    fn record(&self, o: &RequestOutcome) {
         let Some(model) = o.model_requested.as_deref() else {
             return;
         };
@@ -47,7 +47,7 @@ impl OutcomeSink for HealthSink {
         self.0.record_request(
             &RequestSample {
                 model,
-                status: classify(&o),
+                status: classify(o),
                 latency: o.latency,
                 prompt_tokens: usage.map_or(0, |u| u.prompt_tokens),
                 completion_tokens: usage.map_or(0, |u| u.completion_tokens),

@@ -159,7 +159,7 @@ impl Metrics {
 }
 
 impl OutcomeSink for Metrics {
-    fn record(&self, o: RequestOutcome) {
+    fn record(&self, o: &RequestOutcome) {
         self.in_flight.dec();
         let status_class = match o.status {
             499 => "disconnect",

@@ -99,7 +99,7 @@ pub struct RequestOutcome {
 /// Receives finished requests. Implementations must not block.
 pub trait OutcomeSink: Send + Sync + 'static {
     /// Called exactly once per request.
-    fn record(&self, outcome: RequestOutcome);
+    fn record(&self, outcome: &RequestOutcome);
 }
 
 /// A sink that writes one structured log line per request.
@@ -107,7 +107,7 @@ pub trait OutcomeSink: Send + Sync + 'static {
 pub struct LogSink;
 
 impl OutcomeSink for LogSink {
-    fn record(&self, o: RequestOutcome) {
+    fn record(&self, o: &RequestOutcome) {
         tracing::info!(
             target: "custos::access",
             request_id = %o.request_id,
@@ -132,12 +132,9 @@ impl OutcomeSink for LogSink {
 pub struct Sinks(pub Vec<Arc<dyn OutcomeSink>>);
 
 impl OutcomeSink for Sinks {
-    fn record(&self, outcome: RequestOutcome) {
-        if let Some((last, rest)) = self.0.split_last() {
-            for sink in rest {
-                sink.record(outcome.clone());
-            }
-            last.record(outcome);
+    fn record(&self, outcome: &RequestOutcome) {
+        for sink in &self.0 {
+            sink.record(outcome);
         }
     }
 }
@@ -211,7 +208,7 @@ impl RequestGuard {
         }
         o.latency = self.started.elapsed();
         let durable = self.audit.as_ref().map(|a| a.submit(&o));
-        self.sink.record(o);
+        self.sink.record(&o);
         durable
     }
 }
@@ -275,8 +272,8 @@ mod tests {
     #[derive(Default)]
     struct Collect(Mutex<Vec<RequestOutcome>>);
     impl OutcomeSink for Collect {
-        fn record(&self, o: RequestOutcome) {
-            self.0.lock().unwrap().push(o);
+        fn record(&self, o: &RequestOutcome) {
+            self.0.lock().unwrap().push(o.clone());
         }
     }
 

@@ -10,13 +10,47 @@ use futures_util::TryStreamExt;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::{BuildError, ProviderError, RawResponse, TimeoutPhase, UpstreamRequest};
+use crate::{BuildError, Endpoint, ProviderError, RawResponse, TimeoutPhase, UpstreamRequest};
+
+/// Sent upstream with the gateway's request ID, for correlation.
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// An OpenAI-compatible upstream.
 pub struct OpenAiProvider {
     client: reqwest::Client,
-    base_url: String,
+    /// Each endpoint's URL, parsed once here rather than formatted and
+    /// re-parsed (with IDNA host processing) on every request.
+    urls: Box<EndpointUrls>,
     headers: HeaderMap,
+}
+
+/// The parsed URL of every [`Endpoint`] of one provider.
+struct EndpointUrls {
+    chat_completions: reqwest::Url,
+    completions: reqwest::Url,
+    embeddings: reqwest::Url,
+}
+
+impl EndpointUrls {
+    fn parse(base_url: &str) -> Result<Self, String> {
+        let url = |endpoint: Endpoint| {
+            reqwest::Url::parse(&format!("{base_url}{}", endpoint.path()))
+                .map_err(|e| format!("base_url: {e}"))
+        };
+        Ok(EndpointUrls {
+            chat_completions: url(Endpoint::ChatCompletions)?,
+            completions: url(Endpoint::Completions)?,
+            embeddings: url(Endpoint::Embeddings)?,
+        })
+    }
+
+    fn get(&self, endpoint: Endpoint) -> &reqwest::Url {
+        match endpoint {
+            Endpoint::ChatCompletions => &self.chat_completions,
+            Endpoint::Completions => &self.completions,
+            Endpoint::Embeddings => &self.embeddings,
+        }
+    }
 }
 
 impl OpenAiProvider {
@@ -61,7 +95,7 @@ impl OpenAiProvider {
             .map_err(|e| err(e.to_string()))?;
         Ok(OpenAiProvider {
             client,
-            base_url: settings.base_url.clone(),
+            urls: Box::new(EndpointUrls::parse(&settings.base_url).map_err(err)?),
             headers,
         })
     }
@@ -70,17 +104,18 @@ impl OpenAiProvider {
         &self,
         req: UpstreamRequest<'_>,
     ) -> Result<RawResponse, ProviderError> {
-        let url = format!("{}{}", self.base_url, req.endpoint.path());
-        let mut builder = self
-            .client
-            .post(url)
-            .headers(self.headers.clone())
-            .header("x-request-id", req.request_id.as_str())
-            .body(req.body);
-        if req.stream {
-            builder = builder.header(ACCEPT, "text/event-stream");
+        let mut request =
+            reqwest::Request::new(http::Method::POST, self.urls.get(req.endpoint).clone());
+        let headers = request.headers_mut();
+        headers.clone_from(&self.headers);
+        if let Ok(id) = HeaderValue::from_str(req.request_id.as_str()) {
+            headers.insert(X_REQUEST_ID, id);
         }
-        let resp = builder.send().await.map_err(classify)?;
+        if req.stream {
+            headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
+        }
+        *request.body_mut() = Some(req.body.into());
+        let resp = self.client.execute(request).await.map_err(classify)?;
         let content_type = resp.headers().get(CONTENT_TYPE).cloned();
         let upstream_request_id = resp
             .headers()

@@ -28,8 +28,8 @@ pub struct Collect {
 }
 
 impl OutcomeSink for Collect {
-    fn record(&self, outcome: RequestOutcome) {
-        self.outcomes.lock().unwrap().push(outcome);
+    fn record(&self, outcome: &RequestOutcome) {
+        self.outcomes.lock().unwrap().push(outcome.clone());
         self.changed.notify_waiters();
     }
 }
