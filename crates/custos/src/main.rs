@@ -17,6 +17,13 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of glibc malloc: per-thread free lists without the
+/// arena contention and consolidation that made glibc's `malloc`/`free`
+/// the largest user-space cost of a proxied request (see
+/// docs/benchmarks.md, "What limits Custos now").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Custos: an LLM API gateway whose request log an auditor can verify.
 #[derive(Debug, Parser)]
 #[command(name = "custos", version, about, long_about = None)]
