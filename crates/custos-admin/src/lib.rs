@@ -151,7 +151,9 @@ fn probe_writable(dir: &std::path::Path) -> Result<(), String> {
     std::fs::remove_file(&probe).map_err(|e| format!("{}: {e}", probe.display()))
 }
 
-async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
+/// `GET /metrics`: OpenMetrics 1.0 when the scraper asks for it (Prometheus
+/// does), the Prometheus text format 0.0.4 otherwise.
+async fn metrics(State(state): State<Arc<AdminState>>, headers: http::HeaderMap) -> Response {
     let mut text = String::new();
     if prometheus_client::encoding::text::encode(&mut text, &state.registry).is_err() {
         return json_response(
@@ -159,12 +161,72 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
             json!({"error": {"message": "metrics encoding failed", "type": "server_error", "param": null, "code": "metrics_encoding"}}),
         );
     }
-    let mut resp = (StatusCode::OK, text).into_response();
-    resp.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-    );
+    let openmetrics = headers
+        .get_all(http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let (body, content_type) = if openmetrics {
+        (
+            text,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )
+    } else {
+        (
+            openmetrics_to_prometheus(&text),
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+    };
+    let mut resp = (StatusCode::OK, body).into_response();
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
+}
+
+/// Rewrites the OpenMetrics exposition of `prometheus-client` into the
+/// Prometheus text format 0.0.4: counter families are named after their
+/// `_total` samples in `# HELP` and `# TYPE`, `# UNIT` lines and the
+/// `# EOF` terminator go, and types the old format lacks become `untyped`.
+fn openmetrics_to_prometheus(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut counters = std::collections::HashSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ")
+            && let Some((name, kind)) = rest.split_once(' ')
+            && kind == "counter"
+        {
+            counters.insert(name.to_owned());
+        }
+    }
+    for line in text.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let name = if counters.contains(name) {
+                    format!("{name}_total")
+                } else {
+                    name.to_owned()
+                };
+                let tail = match (prefix, tail) {
+                    ("# TYPE ", "gaugehistogram" | "stateset" | "info" | "unknown") => "untyped",
+                    _ => tail,
+                };
+                out.push_str(prefix);
+                out.push_str(&name);
+                out.push(' ');
+                out.push_str(tail);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 async fn not_found() -> Response {
@@ -172,4 +234,24 @@ async fn not_found() -> Response {
         StatusCode::NOT_FOUND,
         json!({"error": {"message": "no such admin route", "type": "invalid_request_error", "param": null, "code": "unknown_url"}}),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::openmetrics_to_prometheus;
+
+    #[test]
+    fn openmetrics_becomes_prometheus_text() {
+        let om = "# HELP custos_requests Requests.\n# TYPE custos_requests counter\n\
+                  custos_requests_total{a=\"b\"} 3\n# HELP lat Latency.\n# TYPE lat histogram\n\
+                  # UNIT lat seconds\nlat_bucket{le=\"+Inf\"} 1\nlat_sum 0.5\nlat_count 1\n\
+                  # TYPE g gauge\ng 2\n# EOF\n";
+        let prom = openmetrics_to_prometheus(om);
+        assert_eq!(
+            prom,
+            "# HELP custos_requests_total Requests.\n# TYPE custos_requests_total counter\n\
+             custos_requests_total{a=\"b\"} 3\n# HELP lat Latency.\n# TYPE lat histogram\n\
+             lat_bucket{le=\"+Inf\"} 1\nlat_sum 0.5\nlat_count 1\n# TYPE g gauge\ng 2\n"
+        );
+    }
 }

@@ -48,6 +48,73 @@ pub struct Config {
     pub keys: KeysConfig,
     /// The audit ledger.
     pub ledger: LedgerConfig,
+    /// The admin console and admin API.
+    pub console: ConsoleConfig,
+    /// `[health]`: per-target windows, circuit breakers, active probes.
+    pub health: custos_health::HealthSettings,
+    /// `[limits]`: global, per-model and per-key concurrency limits.
+    pub limits: custos_health::CapacitySettings,
+    /// `[incidents]`: detection thresholds, recovery, webhooks.
+    pub incidents: custos_health::IncidentSettings,
+    /// `[timeseries]`: per-minute aggregates.
+    pub timeseries: TimeseriesConfig,
+    /// `[metrics]`.
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Whether `/metrics` carries per-key series (`custos_key_requests`,
+    /// `custos_key_tokens`), one per key ID. Off by default: label sets
+    /// stay bounded by configuration, not by the number of keys.
+    pub per_key: bool,
+}
+
+/// `[timeseries]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeseriesConfig {
+    /// How long per-minute aggregates are kept (default 400 days, so that a
+    /// 12-month audit period plus its review fits).
+    pub retention: Duration,
+    /// How often completed minutes are written to the store (default 15 s).
+    pub flush_interval: Duration,
+}
+
+/// `[console]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleConfig {
+    /// Where operators reach the console (`http://…` or `https://…`, no
+    /// path), for setup links; `https` also makes cookies `Secure`. `None`:
+    /// the admin listener's own address.
+    pub public_url: Option<String>,
+    /// A session ends after this long without a request.
+    pub session_idle_timeout: Duration,
+    /// A session ends this long after sign-in.
+    pub session_absolute_timeout: Duration,
+    /// Failed attempts (password, TOTP or recovery code) before a lock.
+    pub max_failed_attempts: u32,
+    /// How long a lock lasts.
+    pub lockout: Duration,
+    /// How long invitation and setup links work.
+    pub invite_ttl: Duration,
+    /// Longest lifetime of an admin API token.
+    pub token_max_ttl: Duration,
+}
+
+impl Default for ConsoleConfig {
+    /// The values an empty `[console]` section gives.
+    fn default() -> Self {
+        ConsoleConfig {
+            public_url: None,
+            session_idle_timeout: Duration::from_secs(30 * 60),
+            session_absolute_timeout: Duration::from_secs(12 * 3600),
+            max_failed_attempts: 5,
+            lockout: Duration::from_secs(15 * 60),
+            invite_ttl: Duration::from_secs(24 * 3600),
+            token_max_ttl: Duration::from_secs(90 * 24 * 3600),
+        }
+    }
 }
 
 /// `[keys]`.

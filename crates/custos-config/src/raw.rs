@@ -27,6 +27,62 @@ pub struct RawConfig {
     /// `[ledger]`.
     #[serde(default)]
     pub ledger: RawLedger,
+    /// `[console]`.
+    #[serde(default)]
+    pub console: RawConsole,
+    /// `[health]`: upstream health windows, breakers and probes.
+    #[serde(default)]
+    pub health: custos_health::config::RawHealth,
+    /// `[limits]`: concurrency limits and wait queues.
+    #[serde(default)]
+    pub limits: custos_health::config::RawLimits,
+    /// `[incidents]`: model-availability incidents and their webhooks.
+    #[serde(default)]
+    pub incidents: custos_health::config::RawIncidents,
+    /// `[timeseries]`: per-minute aggregates in the state store.
+    #[serde(default)]
+    pub timeseries: RawTimeseries,
+    /// `[metrics]`: what `/metrics` exposes.
+    #[serde(default)]
+    pub metrics: RawMetrics,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// Adds per-key series (labelled with key IDs); off by default.
+    pub per_key: Option<bool>,
+}
+
+/// `[timeseries]`: the per-minute aggregates kept in the state store.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeseries {
+    /// Keep per-minute aggregates this long.
+    pub retention: Option<String>,
+    /// How often completed minutes are written to the store.
+    pub flush_interval: Option<String>,
+}
+
+/// `[console]`: the admin console and admin API.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConsole {
+    /// The URL operators reach the console at, for setup links and cookies.
+    pub public_url: Option<String>,
+    /// A session ends after this long without a request.
+    pub session_idle_timeout: Option<String>,
+    /// A session ends this long after sign-in, whatever happens.
+    pub session_absolute_timeout: Option<String>,
+    /// Failed password or MFA attempts before the account locks.
+    pub max_failed_attempts: Option<i64>,
+    /// How long a locked account stays locked.
+    pub lockout: Option<String>,
+    /// How long invitation and setup links work.
+    pub invite_ttl: Option<String>,
+    /// Longest lifetime of an admin API token.
+    pub token_max_ttl: Option<String>,
 }
 
 /// `[keys]`: API key policy.

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use crate::raw::{RawConfig, RawModel, RawProvider, RawSize, RawTimeouts};
 use crate::{
-    Config, CredentialSource, Durability, FieldError, KeysConfig, LedgerConfig, LedgerSink,
-    LogConfig, LogFormat, MockSettings, ModelConfig, OpenAiSettings, ProviderConfig, ProviderKind,
-    ServerConfig, TargetConfig, Timeouts,
+    Config, ConsoleConfig, CredentialSource, Durability, FieldError, KeysConfig, LedgerConfig,
+    LedgerSink, LogConfig, LogFormat, MetricsConfig, MockSettings, ModelConfig, OpenAiSettings,
+    ProviderConfig, ProviderKind, ServerConfig, TargetConfig, Timeouts, TimeseriesConfig,
 };
 
 /// Default largest request body: 8 MiB, room for a few inline images.
@@ -94,6 +94,35 @@ pub(crate) fn validate(
     let models = models(&raw.models, &raw.providers, &mut ctx);
     let keys = keys(&raw, &mut ctx);
     let ledger = ledger(&raw, &mut ctx);
+    let console = console(&raw, &mut ctx);
+    let health = section(raw.health.validate("health"), &mut ctx);
+    let limits = section(raw.limits.validate("limits"), &mut ctx);
+    let incidents = section(raw.incidents.validate("incidents"), &mut ctx);
+    let timeseries = timeseries(&raw, &mut ctx);
+    for name in incidents.iter().flat_map(|i| i.models.keys()) {
+        if !raw
+            .models
+            .iter()
+            .any(|m| m.name.as_deref() == Some(name.as_str()))
+        {
+            ctx.err(
+                &format!("incidents.models.{name}"),
+                "names no configured model",
+            );
+        }
+    }
+    for name in limits.iter().flat_map(|l| l.models.keys()) {
+        if !raw
+            .models
+            .iter()
+            .any(|m| m.name.as_deref() == Some(name.as_str()))
+        {
+            ctx.err(
+                &format!("limits.models.{name}"),
+                "names no configured model",
+            );
+        }
+    }
     Some(Config {
         server: server?,
         log: log?,
@@ -101,6 +130,141 @@ pub(crate) fn validate(
         models,
         keys: keys?,
         ledger: ledger?,
+        console: console?,
+        health: health?,
+        limits: limits?,
+        incidents: incidents?,
+        timeseries: timeseries?,
+        metrics: MetricsConfig {
+            per_key: raw.metrics.per_key.unwrap_or(false),
+        },
+    })
+}
+
+/// Collects the errors of a section validated by another crate.
+fn section<T>(
+    result: Result<T, Vec<custos_health::config::FieldError>>,
+    ctx: &mut Ctx<'_>,
+) -> Option<T> {
+    match result {
+        Ok(v) => Some(v),
+        Err(errors) => {
+            for e in errors {
+                ctx.err(&e.path, e.message);
+            }
+            None
+        }
+    }
+}
+
+fn timeseries(raw: &RawConfig, ctx: &mut Ctx<'_>) -> Option<TimeseriesConfig> {
+    let t = &raw.timeseries;
+    let retention = long_duration(
+        t.retention.as_deref(),
+        "timeseries.retention",
+        400 * DAY,
+        DAY,
+        ctx,
+    );
+    let flush_interval = duration(
+        t.flush_interval.as_deref(),
+        "timeseries.flush_interval",
+        Duration::from_secs(15),
+        Duration::from_millis(100),
+        ctx,
+    );
+    Some(TimeseriesConfig {
+        retention: retention?,
+        flush_interval: flush_interval?,
+    })
+}
+
+fn console(raw: &RawConfig, ctx: &mut Ctx<'_>) -> Option<ConsoleConfig> {
+    let c = &raw.console;
+    let d = ConsoleConfig::default();
+    let public_url = match c.public_url.as_deref() {
+        None => Some(None),
+        Some(url) => {
+            let rest = url
+                .strip_prefix("https://")
+                .or_else(|| url.strip_prefix("http://"));
+            match rest {
+                Some(host)
+                    if !host.is_empty()
+                        && !host.contains(['/', '?', '#', ' ', '@'])
+                        && url.len() <= 512 =>
+                {
+                    Some(Some(url.to_owned()))
+                }
+                _ => {
+                    ctx.err(
+                        "console.public_url",
+                        format!("`{url}` is not an http:// or https:// URL of a host, with no path (such as https://custos-admin.example.com)"),
+                    );
+                    None
+                }
+            }
+        }
+    };
+    let minute = Duration::from_secs(60);
+    let idle = duration(
+        c.session_idle_timeout.as_deref(),
+        "console.session_idle_timeout",
+        d.session_idle_timeout,
+        minute,
+        ctx,
+    );
+    let absolute = duration(
+        c.session_absolute_timeout.as_deref(),
+        "console.session_absolute_timeout",
+        d.session_absolute_timeout,
+        minute,
+        ctx,
+    );
+    if let (Some(i), Some(a)) = (idle, absolute)
+        && i > a
+    {
+        ctx.err(
+            "console.session_idle_timeout",
+            "must not be longer than console.session_absolute_timeout",
+        );
+    }
+    let attempts = int_in(
+        c.max_failed_attempts,
+        "console.max_failed_attempts",
+        i64::from(d.max_failed_attempts),
+        1..=100,
+        ctx,
+    );
+    let lockout = duration(
+        c.lockout.as_deref(),
+        "console.lockout",
+        d.lockout,
+        minute,
+        ctx,
+    );
+    let invite_ttl = long_duration(
+        c.invite_ttl.as_deref(),
+        "console.invite_ttl",
+        d.invite_ttl,
+        Duration::from_secs(300),
+        ctx,
+    );
+    let token_max_ttl = long_duration(
+        c.token_max_ttl.as_deref(),
+        "console.token_max_ttl",
+        d.token_max_ttl,
+        Duration::from_secs(3600),
+        ctx,
+    );
+    Some(ConsoleConfig {
+        public_url: public_url?,
+        session_idle_timeout: idle?,
+        session_absolute_timeout: absolute?,
+        max_failed_attempts: u32::try_from(attempts?).unwrap_or(5),
+        lockout: lockout?,
+        invite_ttl: invite_ttl?,
+        token_max_ttl: token_max_ttl?,
     })
 }
 

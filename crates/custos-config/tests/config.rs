@@ -63,6 +63,36 @@ fn documented_example_loads() {
         config.model("mock-chat").unwrap().targets[0].model,
         "mock-chat"
     );
+    assert_eq!(
+        config.console.public_url.as_deref(),
+        Some("https://custos-admin.example.com")
+    );
+    assert_eq!(config.console.max_failed_attempts, 5);
+    assert_eq!(config.console.lockout, Duration::from_secs(900));
+}
+
+#[test]
+fn console_section_defaults_and_errors() {
+    let config = load_default(&no_env).unwrap();
+    assert_eq!(config.console, custos_config::ConsoleConfig::default());
+    let text = error_text(
+        "[console]\npublic_url = \"ftp://x\"\nsession_idle_timeout = \"13h\"\n\
+         max_failed_attempts = 0\nlockout = \"1s\"\ntoken_max_ttl = \"soon\"\nsecure = true\n",
+    );
+    assert!(text.contains("unknown field `secure`"), "{text}");
+    let text = error_text(
+        "[console]\npublic_url = \"https://a.example/path\"\nsession_idle_timeout = \"13h\"\n\
+         max_failed_attempts = 0\nlockout = \"1s\"\ntoken_max_ttl = \"soon\"\n",
+    );
+    for want in [
+        "console.public_url: `https://a.example/path` is not an http:// or https:// URL",
+        "console.session_idle_timeout: must not be longer than console.session_absolute_timeout",
+        "console.max_failed_attempts: 0 is out of range, must be between 1 and 100",
+        "console.lockout: `1s` is too short",
+        "console.token_max_ttl: `soon` is not a duration",
+    ] {
+        assert!(text.contains(want), "{want} missing from {text}");
+    }
 }
 
 #[test]
@@ -257,4 +287,106 @@ kind = "s3"
     )
     .unwrap();
     assert_eq!(ok.ledger.retention, Duration::from_secs(30 * 86_400));
+}
+
+#[test]
+fn availability_sections() {
+    let config = load(
+        "custos.toml",
+        r#"
+[providers.mock]
+kind = "mock"
+
+[[models]]
+name = "chat"
+targets = [{ provider = "mock" }]
+
+[health.breaker]
+consecutive_failures = 3
+cool_down = "2s"
+
+[limits]
+max_concurrent = 10
+queue_size = 2
+[limits.models.chat]
+max_concurrent = 4
+
+[incidents]
+error_rate = 0.2
+recovery_period = "30s"
+evaluation_interval = "1s"
+[incidents.models.chat]
+min_requests = 5
+
+[[incidents.webhooks]]
+name = "ops"
+url = "http://127.0.0.1:9/hook"
+
+[timeseries]
+retention = "30d"
+"#,
+        &no_env,
+    )
+    .unwrap();
+    assert_eq!(config.health.breaker.consecutive_failures, 3);
+    assert_eq!(config.limits.global.max_concurrent, 10);
+    assert_eq!(config.limits.models["chat"].max_concurrent, 4);
+    assert_eq!(config.incidents.recovery_period, Duration::from_secs(30));
+    assert_eq!(config.incidents.thresholds_for("chat").min_requests, 5);
+    assert_eq!(config.incidents.webhooks.len(), 1);
+    assert_eq!(
+        config.timeseries.retention,
+        Duration::from_secs(30 * 86_400)
+    );
+    // Defaults when the sections are absent.
+    let config = load_default(&no_env).unwrap();
+    assert_eq!(
+        config.timeseries.retention,
+        Duration::from_secs(400 * 86_400)
+    );
+    assert!(config.incidents.enabled);
+}
+
+#[test]
+fn availability_section_errors_name_their_fields() {
+    let text = error_text(
+        r#"
+[providers.mock]
+kind = "mock"
+
+[[models]]
+name = "chat"
+targets = [{ provider = "mock" }]
+
+[health.breaker]
+failure_rate = 1.5
+
+[limits.models.nope]
+max_concurrent = 1
+
+[incidents]
+error_rate = 0.5
+sev2_error_rate = 0.1
+[incidents.models.ghost]
+min_requests = 1
+
+[[incidents.webhooks]]
+name = "slack"
+format = "slack"
+url = "https://hooks.slack.example/T000"
+
+[timeseries]
+retention = "1h"
+"#,
+    );
+    for path in [
+        "health.breaker.failure_rate",
+        "limits.models.nope",
+        "incidents.models.ghost",
+        "incidents.webhooks[0]",
+        "timeseries.retention",
+        "incidents:",
+    ] {
+        assert!(text.contains(path), "{path} missing from:\n{text}");
+    }
 }

@@ -99,6 +99,7 @@ impl Gateway {
             registry,
             routes.names(),
             providers.keys().map(String::as_str),
+            config.metrics.per_key,
         );
         let mut all: Vec<Arc<dyn OutcomeSink>> = vec![metrics.clone()];
         if let Some(auth) = &auth {

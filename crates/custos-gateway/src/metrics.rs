@@ -53,6 +53,16 @@ pub struct UpstreamErrorLabels {
     pub kind: &'static str,
 }
 
+/// Labels of requests refused by authentication, authorisation, rate
+/// limits, budgets or capacity limits.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectionLabels {
+    /// The HTTP status: `401`, `403`, `429` or `503`.
+    pub status: u16,
+    /// The error code, such as `invalid_api_key` or `rate_limit_exceeded`.
+    pub code: String,
+}
+
 /// Labels of token counters.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TokenLabels {
@@ -60,6 +70,21 @@ pub struct TokenLabels {
     pub model: String,
     /// `prompt` or `completion`.
     pub kind: &'static str,
+}
+
+/// Labels of the opt-in per-key series.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyLabels {
+    /// The key ID (never the secret).
+    pub key_id: String,
+    /// `2xx`, `4xx`, `5xx`, `disconnect`, or for tokens `prompt` /
+    /// `completion`.
+    pub kind: &'static str,
+}
+
+struct PerKey {
+    requests: Family<KeyLabels, Counter>,
+    tokens: Family<KeyLabels, Counter>,
 }
 
 /// The gateway's metric families.
@@ -72,6 +97,9 @@ pub struct Metrics {
     overhead: Family<EndpointLabels, Histogram>,
     tokens: Family<TokenLabels, Counter>,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    rejections: Family<RejectionLabels, Counter>,
+    /// Per-key series, only when the operator opts in.
+    per_key: Option<PerKey>,
     in_flight: Gauge<i64, AtomicI64>,
 }
 
@@ -86,6 +114,7 @@ impl Metrics {
         registry: &mut Registry,
         models: impl IntoIterator<Item = &'a str>,
         providers: impl IntoIterator<Item = &'a str>,
+        per_key: bool,
     ) -> Arc<Self> {
         let m = Metrics {
             known_models: models.into_iter().map(str::to_owned).collect(),
@@ -96,8 +125,25 @@ impl Metrics {
             overhead: Family::new_with_constructor(latency_histogram),
             tokens: Family::default(),
             upstream_errors: Family::default(),
+            rejections: Family::default(),
+            per_key: per_key.then(|| PerKey {
+                requests: Family::default(),
+                tokens: Family::default(),
+            }),
             in_flight: Gauge::default(),
         };
+        if let Some(k) = &m.per_key {
+            registry.register(
+                "custos_key_requests",
+                "Requests per API key and status class (metrics.per_key = true)",
+                k.requests.clone(),
+            );
+            registry.register(
+                "custos_key_tokens",
+                "Tokens per API key and kind (metrics.per_key = true)",
+                k.tokens.clone(),
+            );
+        }
         registry.register(
             "custos_requests",
             "Requests by endpoint, model requested, model served, provider and status class",
@@ -129,6 +175,11 @@ impl Metrics {
             m.upstream_errors.clone(),
         );
         registry.register(
+            "custos_rejections",
+            "Requests refused by authentication (401), authorisation (403), rate limits and budgets (429) or capacity (503 capacity_exceeded), by code",
+            m.rejections.clone(),
+        );
+        registry.register(
             "custos_in_flight_requests",
             "Requests currently being served",
             m.in_flight.clone(),
@@ -156,6 +207,20 @@ impl Metrics {
             "unknown".to_owned()
         }
     }
+}
+
+/// The code of a refusal worth counting, bounded to the gateway's own code
+/// names (they come from `GatewayError::code`, never from a client).
+fn rejection_code(status: u16, code: Option<&str>) -> Option<&str> {
+    let code = code?;
+    let ours = !code.is_empty()
+        && code.len() <= 48
+        && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+        // An upstream's own 429 passed through is not our refusal.
+        && !code.starts_with("upstream");
+    let refusal =
+        matches!(status, 401 | 403 | 429) || (status == 503 && code.ends_with("capacity_exceeded"));
+    (ours && refusal).then_some(code)
 }
 
 impl OutcomeSink for Metrics {
@@ -206,6 +271,36 @@ impl OutcomeSink for Metrics {
                 })
                 .observe(last.duration.as_secs_f64());
         }
+        if let (Some(k), Some(actor)) = (&self.per_key, &o.actor) {
+            let key_id = actor.key_id.to_string();
+            k.requests
+                .get_or_create(&KeyLabels {
+                    key_id: key_id.clone(),
+                    kind: status_class,
+                })
+                .inc();
+            if let Some(usage) = o.usage {
+                for (kind, n) in [
+                    ("prompt", usage.prompt_tokens),
+                    ("completion", usage.completion_tokens),
+                ] {
+                    k.tokens
+                        .get_or_create(&KeyLabels {
+                            key_id: key_id.clone(),
+                            kind,
+                        })
+                        .inc_by(n);
+                }
+            }
+        }
+        if let Some(code) = rejection_code(o.status, o.error_code.as_deref()) {
+            self.rejections
+                .get_or_create(&RejectionLabels {
+                    status: o.status,
+                    code: code.to_owned(),
+                })
+                .inc();
+        }
         for attempt in &o.attempts {
             if let Some(kind) = attempt.error {
                 self.upstream_errors
@@ -229,5 +324,31 @@ impl OutcomeSink for Metrics {
                     .inc_by(n);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rejection_code;
+
+    #[test]
+    fn only_our_refusals_are_counted_with_bounded_codes() {
+        assert_eq!(
+            rejection_code(401, Some("invalid_api_key")),
+            Some("invalid_api_key")
+        );
+        assert_eq!(
+            rejection_code(429, Some("rate_limit_exceeded")),
+            Some("rate_limit_exceeded")
+        );
+        assert_eq!(
+            rejection_code(503, Some("capacity_exceeded")),
+            Some("capacity_exceeded")
+        );
+        assert_eq!(rejection_code(503, Some("audit_unavailable")), None);
+        assert_eq!(rejection_code(429, Some("upstream_error")), None);
+        assert_eq!(rejection_code(400, Some("invalid_json")), None);
+        assert_eq!(rejection_code(401, Some("Bad Code")), None);
+        assert_eq!(rejection_code(401, None), None);
     }
 }

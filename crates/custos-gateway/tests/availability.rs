@@ -33,6 +33,147 @@ fn health() -> HealthEngine {
     )
 }
 
+/// A health engine whose breakers open after 3 failures in a row and try
+/// again after 300 ms.
+fn quick_breakers() -> HealthEngine {
+    let mut settings = HealthSettings::default();
+    settings.breaker.consecutive_failures = 3;
+    settings.breaker.cool_down = Duration::from_millis(300);
+    settings.breaker.max_cool_down = Duration::from_millis(300);
+    HealthEngine::new(settings, Arc::new(SystemClock), Arc::new(NoBreakerListener))
+}
+
+/// Timeouts short enough that a hanging or slow upstream fails quickly.
+const TIGHT: &str = r#"connect = "500ms", first_byte = "300ms", idle = "300ms", total = "2s""#;
+
+/// One way an upstream can fail.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    Status500,
+    HangPastTimeouts,
+    SlowPastTimeouts,
+    ResetConnections,
+}
+
+#[tokio::test]
+async fn every_fault_opens_the_circuit_falls_back_and_recovers_through_half_open() {
+    for fault in [
+        Fault::Status500,
+        Fault::HangPastTimeouts,
+        Fault::SlowPastTimeouts,
+        Fault::ResetConnections,
+    ] {
+        let first = MockUpstream::start(Reply::chat("from first")).await;
+        let good = MockUpstream::start(Reply::chat("from fallback")).await;
+        // The faulty first target: the mock misbehaving, or a server that
+        // resets every connection, later replaced by the healthy mock.
+        let (reset_addr, reset_task) = custos_testkit::resetting_server().await;
+        let first_url = match fault {
+            Fault::Status500 => {
+                first.set_default(Reply::error(500, "down"));
+                first.base_url()
+            }
+            Fault::HangPastTimeouts => {
+                first.set_default(Reply::Hang);
+                first.base_url()
+            }
+            Fault::SlowPastTimeouts => {
+                first.set_default(Reply::Delay(
+                    Duration::from_millis(800),
+                    Box::new(Reply::chat("too late")),
+                ));
+                first.base_url()
+            }
+            Fault::ResetConnections => format!("http://{reset_addr}/v1"),
+        };
+        let health = quick_breakers();
+        let gw = TestGateway::start_full(
+            &config_for(&[first_url, good.base_url()], TIGHT),
+            Hooks {
+                health: Some(health.clone()),
+                ..Default::default()
+            },
+        )
+        .await;
+        let served_by = |body: serde_json::Value| {
+            body["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        // Every request is served, by the fallback, while the first target
+        // fails; after 3 failures its circuit opens and it is skipped.
+        for _ in 0..5 {
+            let resp = gw.post("/v1/chat/completions", &chat(false)).await;
+            assert_eq!(resp.status(), 200, "{fault:?}");
+            assert_eq!(
+                served_by(resp.json().await.unwrap()),
+                "from fallback",
+                "{fault:?}"
+            );
+        }
+        let outcomes = gw.outcomes.wait(5).await;
+        assert_eq!(
+            outcomes[4].attempts[0].error,
+            Some("circuit_open"),
+            "{fault:?}: {:?}",
+            outcomes[4].attempts
+        );
+        let state = |h: &HealthEngine| {
+            h.targets(tokio::time::Instant::now())
+                .into_iter()
+                .find(|t| &*t.target.provider == "p0")
+                .unwrap()
+                .state
+        };
+        assert_eq!(
+            state(&health),
+            custos_health::BreakerState::Open,
+            "{fault:?}"
+        );
+
+        // The upstream recovers; after the cool-down one trial request goes
+        // to it (half-open), succeeds, and the circuit closes.
+        reset_task.abort();
+        let recovered = match fault {
+            Fault::ResetConnections => None,
+            _ => {
+                first.set_default(Reply::chat("from first"));
+                Some(&first)
+            }
+        };
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let resp = gw.post("/v1/chat/completions", &chat(false)).await;
+        assert_eq!(resp.status(), 200);
+        let body = served_by(resp.json().await.unwrap());
+        match recovered {
+            Some(_) => {
+                assert_eq!(
+                    body, "from first",
+                    "{fault:?}: the half-open trial goes to the first target"
+                );
+                assert_eq!(
+                    state(&health),
+                    custos_health::BreakerState::Closed,
+                    "{fault:?}"
+                );
+                let resp = gw.post("/v1/chat/completions", &chat(false)).await;
+                assert_eq!(served_by(resp.json().await.unwrap()), "from first");
+            }
+            None => {
+                // A target that still fails its trial re-opens at once, and
+                // the request is still served by the fallback.
+                assert_eq!(body, "from fallback", "{fault:?}");
+                assert_eq!(
+                    state(&health),
+                    custos_health::BreakerState::Open,
+                    "{fault:?}"
+                );
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn an_open_circuit_is_skipped_and_traffic_falls_back() {
     let broken = MockUpstream::start(Reply::error(500, "down")).await;

@@ -87,7 +87,7 @@ pub use incident::stats::{DurationStats, IncidentStats};
 pub use incident::store::{IncidentQuery, IncidentStore, MemoryIncidentStore, StoreError};
 pub use incident::{
     BreakerInbox, IncidentEngine, IncidentError, IncidentFanout, IncidentListener, IncidentLoop,
-    IncidentSettings, NoIncidentListener, spawn_incident_loop,
+    IncidentSettings, NoIncidentListener, OperatorAction, spawn_incident_loop,
 };
 pub use probe::{BoxFuture, ProbeSettings, ProbeTask, Prober, spawn_probes};
 pub use target::{AttemptOutcome, FailureCounts, FailureKind, RequestStatus, TargetId};

@@ -22,17 +22,56 @@ use crate::{Backend, Store, StoreOptions};
 const BUSY_TIMEOUT_MS: u32 = 5_000;
 
 fn migrator(backend: Backend) -> Migrator {
-    let (description, sql) = match backend {
-        Backend::Sqlite => ("keys", include_str!("../migrations/sqlite/0001_keys.sql")),
-        Backend::Postgres => ("keys", include_str!("../migrations/postgres/0001_keys.sql")),
+    let files: [(i64, &str, &str); 3] = match backend {
+        Backend::Sqlite => [
+            (
+                1,
+                "keys",
+                include_str!("../migrations/sqlite/0001_keys.sql"),
+            ),
+            (
+                2,
+                "availability",
+                include_str!("../migrations/sqlite/0002_availability.sql"),
+            ),
+            (
+                3,
+                "console",
+                include_str!("../migrations/sqlite/0003_console.sql"),
+            ),
+        ],
+        Backend::Postgres => [
+            (
+                1,
+                "keys",
+                include_str!("../migrations/postgres/0001_keys.sql"),
+            ),
+            (
+                2,
+                "availability",
+                include_str!("../migrations/postgres/0002_availability.sql"),
+            ),
+            (
+                3,
+                "console",
+                include_str!("../migrations/postgres/0003_console.sql"),
+            ),
+        ],
     };
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        Cow::Borrowed(description),
-        MigrationType::Simple,
-        sql.into_sql_str(),
-        false,
-    )])
+    Migrator::with_migrations(
+        files
+            .into_iter()
+            .map(|(version, description, sql)| {
+                Migration::new(
+                    version,
+                    Cow::Borrowed(description),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    )
 }
 
 /// The file path of a `sqlite:` URL. In-memory databases are refused: the

@@ -125,6 +125,27 @@ pub enum StoreError {
         /// The key.
         id: KeyId,
     },
+    /// No console user has this ID (or user name).
+    #[error("user {id} does not exist")]
+    UserNotFound {
+        /// The ID or user name that was looked for.
+        id: String,
+    },
+    /// A console user with this name exists already.
+    #[error("user {name} already exists")]
+    UserExists {
+        /// The user name.
+        name: String,
+    },
+    /// The invitation or setup link is unknown, used or expired.
+    #[error("the link is invalid, used or expired")]
+    InviteInvalid,
+    /// No admin token has this ID.
+    #[error("admin token {id} does not exist")]
+    TokenNotFound {
+        /// The ID that was looked for.
+        id: String,
+    },
 }
 
 /// Shorthand for results of this crate.

@@ -15,6 +15,10 @@
 //! * Every key-changing commit bumps a generation counter and then rewrites
 //!   the `keys.generation` marker file, which a [`ChangeWatcher`] notices with
 //!   one `stat()` (see [`watch`] for the race analysis).
+//! * [`users`], [`sessions`] and [`tokens`] hold the admin console's
+//!   state: users with their password hash, sealed TOTP seed and hashed
+//!   recovery codes, sessions by ID hash, admin API tokens by hash. Every
+//!   change writes an [`AdminEvent`] in its transaction.
 //! * Secrets never reach the database: only HMAC hashes are stored, and
 //!   rotation secrets are re-derived rather than kept (see [`minter`]).
 //!
@@ -23,13 +27,17 @@
 //! randomness from the caller.
 
 pub mod actor;
+pub mod availability;
 mod db;
 pub mod error;
 pub mod keys;
 pub mod minter;
 pub mod outbox;
+pub mod sessions;
 pub mod snapshot;
 mod time;
+pub mod tokens;
+pub mod users;
 pub mod watch;
 
 use std::path::{Path, PathBuf};
@@ -40,6 +48,7 @@ use custos_types::{Clock, SystemClock};
 use sqlx::AnyPool;
 
 pub use actor::{Actor, ActorKind};
+pub use availability::{CommandOutcome, IncidentCommand};
 pub use error::StoreError;
 pub use keys::{
     KeyRecord, KeyState, KeyUpdate, Keys, ListFilter, NewKey, PeriodUsage, Revocation,
@@ -47,7 +56,12 @@ pub use keys::{
 };
 pub use minter::KeyMinter;
 pub use outbox::{AdminEvent, EventTarget, KeyEvent, KeyEventKind, OutboxEntry, OutboxEvent};
+pub use sessions::{SessionRecord, SessionStage, Sessions};
 pub use snapshot::{AuthEntry, AuthKey, AuthSnapshot, Lookup};
+pub use tokens::{NewToken, TokenRecord, Tokens};
+pub use users::{
+    Credentials, FailureOutcome, InviteRecord, NewInvite, Role, UserRecord, UserState, Users,
+};
 pub use watch::ChangeWatcher;
 
 /// The SQLite database's file name inside the data directory.
@@ -160,6 +174,26 @@ impl Store {
     /// The key lifecycle operations.
     pub fn keys(&self) -> Keys<'_> {
         Keys::new(self)
+    }
+
+    /// Console users, invitations, credentials and lockout.
+    pub fn users(&self) -> Users<'_> {
+        Users::new(self)
+    }
+
+    /// Console sessions.
+    pub fn sessions(&self) -> Sessions<'_> {
+        Sessions::new(self)
+    }
+
+    /// Admin API tokens.
+    pub fn tokens(&self) -> Tokens<'_> {
+        Tokens::new(self)
+    }
+
+    /// The store clock's current time.
+    pub fn now(&self) -> std::time::SystemTime {
+        self.clock.now()
     }
 
     /// The change marker file, if this store writes one.

@@ -328,6 +328,36 @@ impl crate::Store {
         insert_event(&mut conn, event).await
     }
 
+    /// The lifecycle events of one key, oldest first, drained or not: the
+    /// history a console shows. (The ledger holds the same events for
+    /// good; the outbox keeps its rows after draining.)
+    pub async fn key_events(&self, id: &KeyId) -> Result<Vec<KeyEvent>> {
+        // `_` is a LIKE wildcard, so this may over-match; the exact
+        // comparison below filters.
+        let rows = sqlx::query(
+            "SELECT id, created_at, kind, payload_json FROM outbox \
+             WHERE kind LIKE 'key.%' AND payload_json LIKE $1 ORDER BY id",
+        )
+        .bind(format!("%\"key_id\":\"{}\"%", id.as_str()))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db_err(e))?;
+        let mut out = Vec::new();
+        for r in &rows {
+            let entry = OutboxEntry {
+                id: r.try_get(0).map_err(|e| self.db_err(e))?,
+                created_at: from_ms(r.try_get(1).map_err(|e| self.db_err(e))?),
+                kind: r.try_get(2).map_err(|e| self.db_err(e))?,
+                payload_json: r.try_get(3).map_err(|e| self.db_err(e))?,
+            };
+            let event = entry.key_event()?;
+            if event.key_id == *id {
+                out.push(event);
+            }
+        }
+        Ok(out)
+    }
+
     /// Up to `limit` undrained events, oldest first.
     pub async fn outbox_pending(&self, limit: u32) -> Result<Vec<OutboxEntry>> {
         let rows = sqlx::query(

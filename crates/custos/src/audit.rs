@@ -593,12 +593,29 @@ impl custos_admin::ReadyCheck for LedgerReady {
         "ledger_writable"
     }
 
+    /// The writer is healthy, and the ledger directory still accepts new
+    /// files (the next segment, checkpoint and frontier are new files, so
+    /// a directory that turned read-only fails at the next seal even while
+    /// the open segment still takes appends).
     fn check(&self) -> custos_admin::BoxFuture<'_, Result<(), String>> {
-        let result = match self.0.unavailable() {
-            None => Ok(()),
-            Some(reason) => Err(reason),
-        };
-        Box::pin(async move { result })
+        let unavailable = self.0.unavailable();
+        let dir = self.0.ledger().map(|l| l.dir().to_path_buf());
+        Box::pin(async move {
+            if let Some(reason) = unavailable {
+                return Err(reason);
+            }
+            let Some(dir) = dir else {
+                return Ok(());
+            };
+            tokio::task::spawn_blocking(move || {
+                let probe = dir.join(".readyz-probe");
+                std::fs::write(&probe, b"ok")
+                    .and_then(|()| std::fs::remove_file(&probe))
+                    .map_err(|e| format!("ledger directory {} is not writable: {e}", dir.display()))
+            })
+            .await
+            .unwrap_or_else(|_| Err("the ledger probe task failed".to_owned()))
+        })
     }
 }
 

@@ -2,6 +2,7 @@
 //! keys in the data directory a running server uses. The server sees each
 //! change on its next request.
 
+use crate::table::text;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -66,44 +67,44 @@ pub enum KeysCommand {
 pub struct CreateArgs {
     /// A name for the key.
     #[arg(long)]
-    name: String,
+    pub(crate) name: String,
     /// The owning service or person (default: the OS user).
     #[arg(long)]
-    owner: Option<String>,
+    pub(crate) owner: Option<String>,
     /// The owning team.
     #[arg(long)]
-    team: Option<String>,
+    pub(crate) team: Option<String>,
     /// What the key is for.
     #[arg(long, default_value = "")]
-    description: String,
+    pub(crate) description: String,
     /// A label, `key=value`; repeatable.
     #[arg(long = "label", value_parser = parse_label)]
-    labels: Vec<(String, String)>,
+    pub(crate) labels: Vec<(String, String)>,
     /// Models the key may use: exact names and globs, comma-separated. No
     /// models means none: least privilege is the default.
     #[arg(long, default_value = "")]
-    models: String,
+    pub(crate) models: String,
     /// Capabilities: chat, completions, embeddings, models, stream.
     #[arg(long, default_value = "chat,stream,embeddings,completions,models")]
-    capabilities: String,
+    pub(crate) capabilities: String,
     /// Requests per minute.
     #[arg(long)]
-    rpm: Option<u32>,
+    pub(crate) rpm: Option<u32>,
     /// Tokens per minute.
     #[arg(long)]
-    tpm: Option<u32>,
+    pub(crate) tpm: Option<u32>,
     /// Token budget, `TOKENS/day` or `TOKENS/month`.
     #[arg(long, value_parser = parse_budget)]
-    budget: Option<TokenBudget>,
+    pub(crate) budget: Option<TokenBudget>,
     /// Expiry from now, such as `90d`.
     #[arg(long, value_parser = parse_duration)]
-    expires_in: Option<Duration>,
+    pub(crate) expires_in: Option<Duration>,
     /// Allowed client networks; repeatable (default: any).
     #[arg(long = "cidr")]
-    cidrs: Vec<ipnet::IpNet>,
+    pub(crate) cidrs: Vec<ipnet::IpNet>,
     /// Print JSON.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// `keys list`.
@@ -111,65 +112,65 @@ pub struct CreateArgs {
 pub struct ListArgs {
     /// Only keys past or near the rotation policy (`keys.max_age`).
     #[arg(long)]
-    due: bool,
+    pub(crate) due: bool,
     /// Only this owner.
     #[arg(long)]
-    owner: Option<String>,
+    pub(crate) owner: Option<String>,
     /// Only this team.
     #[arg(long)]
-    team: Option<String>,
+    pub(crate) team: Option<String>,
     /// Only `active`, `expired` or `revoked` keys.
     #[arg(long)]
-    state: Option<String>,
+    pub(crate) state: Option<String>,
     /// Search names and descriptions.
     #[arg(long)]
-    search: Option<String>,
+    pub(crate) search: Option<String>,
     /// Print JSON.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// `keys update`.
 #[derive(Debug, Args)]
 pub struct UpdateArgs {
     /// The key ID.
-    id: String,
+    pub(crate) id: String,
     /// New name.
     #[arg(long)]
-    name: Option<String>,
+    pub(crate) name: Option<String>,
     /// New owner.
     #[arg(long)]
-    owner: Option<String>,
+    pub(crate) owner: Option<String>,
     /// New team (`none` clears it).
     #[arg(long)]
-    team: Option<String>,
+    pub(crate) team: Option<String>,
     /// New description.
     #[arg(long)]
-    description: Option<String>,
+    pub(crate) description: Option<String>,
     /// New model scope (replaces the old one).
     #[arg(long)]
-    models: Option<String>,
+    pub(crate) models: Option<String>,
     /// New capabilities.
     #[arg(long)]
-    capabilities: Option<String>,
+    pub(crate) capabilities: Option<String>,
     /// New requests per minute (`none` removes the limit).
     #[arg(long)]
-    rpm: Option<String>,
+    pub(crate) rpm: Option<String>,
     /// New tokens per minute (`none` removes the limit).
     #[arg(long)]
-    tpm: Option<String>,
+    pub(crate) tpm: Option<String>,
     /// New allowed networks, comma-separated (`any` allows any).
     #[arg(long)]
-    cidrs: Option<String>,
+    pub(crate) cidrs: Option<String>,
     /// New expiry from now (`never` removes it).
     #[arg(long)]
-    expires_in: Option<String>,
+    pub(crate) expires_in: Option<String>,
     /// Print JSON.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (write it like 1h, 90d)"))
 }
 
@@ -220,10 +221,6 @@ fn key_id(s: &str) -> anyhow::Result<KeyId> {
     KeyId::parse(s).map_err(|e| anyhow::anyhow!("`{s}` is not a key ID: {e}"))
 }
 
-fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
 /// Runs one key command against the store in `data_dir`.
 pub fn run(
     data_dir: &Path,
@@ -234,7 +231,19 @@ pub fn run(
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(run_async(data_dir, policy, cmd))
+    let url = std::env::var("CUSTOS_ADMIN_URL")
+        .ok()
+        .filter(|v| !v.is_empty());
+    let token = std::env::var("CUSTOS_ADMIN_TOKEN")
+        .ok()
+        .filter(|v| !v.is_empty());
+    match (url, token) {
+        (Some(url), Some(token)) => runtime.block_on(crate::keys_remote::run(&url, &token, cmd)),
+        (None, None) => runtime.block_on(run_async(data_dir, policy, cmd)),
+        _ => bail!(
+            "set both CUSTOS_ADMIN_URL and CUSTOS_ADMIN_TOKEN to use a running server's admin API, or neither to use the data directory"
+        ),
+    }
 }
 
 async fn run_async(
@@ -248,7 +257,7 @@ async fn run_async(
     let now = SystemTime::now();
     let due_at = |r: &KeyRecord| r.secret_created_at + policy.max_age;
     let show = |r: &KeyRecord, secret: Option<&SecretString>| -> Value {
-        let mut v = key_json(r, now, due_at(r));
+        let mut v = custos_console::keyjson::key_json(r, now, due_at(r));
         if let Some(s) = secret {
             v["secret"] = Value::String(s.expose_secret().to_owned());
         }
@@ -431,54 +440,7 @@ async fn run_async(
     Ok(())
 }
 
-fn key_json(r: &KeyRecord, now: SystemTime, due_at: SystemTime) -> Value {
-    let state = match r.state(now) {
-        KeyState::Active => "active",
-        KeyState::Expired => "expired",
-        KeyState::Revoked => "revoked",
-    };
-    json!({
-        "id": r.id.as_str(),
-        "name": r.name,
-        "owner": r.owner,
-        "team": r.team,
-        "description": r.description,
-        "labels": r.labels,
-        "state": state,
-        "masked": r.masked,
-        "models": r.scope.models.patterns().iter().map(|p| p.as_str()).collect::<Vec<_>>(),
-        "capabilities": r.scope.capabilities.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
-        "cidrs": r.scope.cidrs.nets().iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "rpm": r.scope.rpm,
-        "tpm": r.scope.tpm,
-        "budget": r.scope.budget.map(|b| json!({"tokens": b.tokens, "period": match b.period { BudgetPeriod::Day => "day", BudgetPeriod::Month => "month" }})),
-        "created_at": rfc3339(r.created_at),
-        "created_by": r.created_by.name,
-        "updated_at": rfc3339(r.updated_at),
-        "expires_at": r.expires_at.map(rfc3339),
-        "last_used_at": r.last_used_at.map(rfc3339),
-        "secret_created_at": rfc3339(r.secret_created_at),
-        "rotation_due_at": rfc3339(due_at),
-        "grace_until": r.grace_until.map(rfc3339),
-        "revoked_at": r.revoked.as_ref().map(|v| rfc3339(v.at)),
-        "revoked_by": r.revoked.as_ref().map(|v| v.by.name.clone()),
-        "revoke_reason": r.revoked.as_ref().map(|v| v.reason.clone()),
-        "version": r.version,
-    })
-}
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::Null => "-".to_owned(),
-        Value::String(s) if s.is_empty() => "-".to_owned(),
-        Value::String(s) => s.clone(),
-        Value::Array(items) if items.is_empty() => "-".to_owned(),
-        Value::Array(items) => items.iter().map(text).collect::<Vec<_>>().join(","),
-        other => other.to_string(),
-    }
-}
-
-fn print_key(v: &Value) {
+pub(crate) fn print_key(v: &Value) {
     for field in [
         "id",
         "name",
@@ -506,7 +468,7 @@ fn print_key(v: &Value) {
     }
 }
 
-fn print_table(rows: &[Value]) {
+pub(crate) fn print_table(rows: &[Value]) {
     let cols = [
         "id",
         "name",
@@ -517,35 +479,5 @@ fn print_table(rows: &[Value]) {
         "last_used_at",
         "rotation_due_at",
     ];
-    let cells: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| cols.iter().map(|c| text(&r[*c])).collect())
-        .collect();
-    let widths: Vec<usize> = cols
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            cells
-                .iter()
-                .map(|r| r[i].chars().count())
-                .chain([c.len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |items: Vec<String>| {
-        items
-            .iter()
-            .zip(&widths)
-            .map(|(s, w)| format!("{s:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-    };
-    println!("{}", line(cols.iter().map(|c| c.to_uppercase()).collect()));
-    for row in cells {
-        println!("{}", line(row));
-    }
-    if rows.is_empty() {
-        println!("(no keys)");
-    }
+    crate::table::print_table(&cols, rows, "(no keys)");
 }

@@ -5,11 +5,18 @@
 
 mod audit;
 mod audit_cmd;
+mod evidence_cmd;
+mod incidents;
+mod incidents_cmd;
 mod keys_cmd;
+mod keys_remote;
 mod ledger_cmd;
+mod readiness_cmd;
 mod serve;
 mod state;
+mod table;
 mod telemetry;
+mod users_cmd;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -39,7 +46,7 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-#[expect(clippy::large_enum_variant, reason = "parsed once per process")]
+#[allow(clippy::large_enum_variant, reason = "parsed once per process")]
 enum Command {
     /// Runs the gateway and admin listeners.
     Serve,
@@ -49,12 +56,21 @@ enum Command {
     /// Scoped API keys: create, list, show, update, rotate, revoke.
     #[command(subcommand)]
     Keys(keys_cmd::KeysCommand),
+    /// Console users from the host shell: create (first admin), reset-mfa,
+    /// unlock, disable.
+    #[command(subcommand)]
+    Users(users_cmd::UsersCommand),
     /// The audit ledger: verify, prove, export, read (read-only).
     #[command(subcommand)]
     Audit(audit_cmd::AuditCommand),
+    /// Model-availability incidents: list, show, ack, note, resolve, postmortem.
+    #[command(subcommand)]
+    Incidents(incidents_cmd::IncidentsCommand),
     /// Writer operations on the audit ledger (server stopped): rotate-key.
     #[command(subcommand)]
     Ledger(ledger_cmd::LedgerCommand),
+    /// SOC 2 evidence pack: `evidence --from --to --out DIR`, `evidence verify DIR`.
+    Evidence(evidence_cmd::EvidenceCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -82,6 +98,12 @@ fn main() -> ExitCode {
             print!("{}", custos_config::DEFAULT_CONFIG);
             Ok(())
         }
+        Command::Audit(audit_cmd::AuditCommand::Readiness(args)) => {
+            load_config(cli.config.as_deref()).and_then(|config| {
+                let data_dir = data_dir(cli.data_dir, &config);
+                readiness_cmd::run(&config, &data_dir, *args)
+            })
+        }
         Command::Audit(cmd) => load_config(cli.config.as_deref()).and_then(|config| {
             let data_dir = data_dir(cli.data_dir, &config);
             audit_cmd::run(&data_dir, cmd)
@@ -89,6 +111,18 @@ fn main() -> ExitCode {
         Command::Ledger(cmd) => load_config(cli.config.as_deref()).and_then(|config| {
             let data_dir = data_dir(cli.data_dir, &config);
             ledger_cmd::run(&config, &data_dir, cmd)
+        }),
+        Command::Users(cmd) => load_config(cli.config.as_deref()).and_then(|config| {
+            let data_dir = data_dir(cli.data_dir, &config);
+            users_cmd::run(&data_dir, &config, cmd)
+        }),
+        Command::Incidents(cmd) => load_config(cli.config.as_deref()).and_then(|config| {
+            let data_dir = data_dir(cli.data_dir, &config);
+            incidents_cmd::run(&config, &data_dir, cmd)
+        }),
+        Command::Evidence(cmd) => load_config(cli.config.as_deref()).and_then(|config| {
+            let data_dir = data_dir(cli.data_dir, &config);
+            evidence_cmd::run(&config, cli.config.as_deref(), &data_dir, cmd)
         }),
         Command::Keys(cmd) => load_config(cli.config.as_deref()).and_then(|config| {
             let data_dir = data_dir(cli.data_dir, &config);

@@ -148,8 +148,10 @@ async fn serve(
     data_dir: PathBuf,
     providers: HashMap<String, Arc<Provider>>,
 ) -> anyhow::Result<()> {
-    let (store, _minter) = crate::state::open(&data_dir).await?;
+    let (store, minter) = crate::state::open(&data_dir).await?;
     let pepper = crate::state::load_or_create_pepper(&data_dir)?;
+    let server_keys =
+        custos_console::ServerKeys::from_pepper(secrecy::ExposeSecret::expose_secret(&pepper));
     let hasher = KeyHasher::new(&pepper).map_err(|e| anyhow::anyhow!("pepper: {e}"))?;
     let source = Arc::new(crate::state::StoreKeySource::new(store.clone())?);
     let auth = Auth::new(
@@ -267,13 +269,39 @@ async fn serve(
 
     tokio::spawn(ledger_metrics.clone().run(audit.clone()));
 
-    // Availability: circuit breakers per target (every change recorded in
-    // the ledger) and concurrency limits with bounded queues. Defaults for
-    // now; their configuration sections come with the incident wiring.
-    let health = custos_health::HealthEngine::new(
-        custos_health::HealthSettings::default(),
+    // Availability: incidents (every event recorded in the ledger and sent
+    // to the webhooks), circuit breakers per target (every change recorded
+    // in the ledger and added to incident timelines) and concurrency limits
+    // with bounded queues.
+    let webhooks = crate::incidents::start_webhooks(&config.incidents)?;
+    let incident_ledger = crate::incidents::IncidentToLedger::new(audit.ledger().cloned());
+    let mut incident_listeners: Vec<Arc<dyn custos_health::IncidentListener>> =
+        vec![incident_ledger.clone()];
+    if let Some(w) = &webhooks {
+        incident_listeners.push(w.clone());
+    }
+    let incidents = Arc::new(custos_health::IncidentEngine::new(
+        config.incidents.clone(),
+        store.clone(),
         Arc::new(SystemClock),
+        Arc::new(custos_health::IncidentFanout(incident_listeners)),
+    ));
+    match incidents.restore().await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(active = n, "active incidents restored from the store"),
+        Err(e) => tracing::error!(error = %e, "cannot restore active incidents"),
+    }
+    let mut breaker_listeners: Vec<Arc<dyn custos_health::BreakerListener>> = vec![
         Arc::new(crate::audit::BreakerToLedger(audit.clone())),
+        incidents.breaker_listener(),
+    ];
+    if let Some(w) = &webhooks {
+        breaker_listeners.push(w.clone());
+    }
+    let health = custos_health::HealthEngine::new(
+        config.health.clone(),
+        Arc::new(SystemClock),
+        Arc::new(custos_health::BreakerFanout(breaker_listeners)),
     );
     let breaker_gauge = crate::audit::BreakerGauge::default();
     registry.register(
@@ -282,9 +310,9 @@ async fn serve(
         breaker_gauge.clone(),
     );
     tokio::spawn(crate::audit::breaker_gauges(health.clone(), breaker_gauge));
-    let capacity = Arc::new(custos_health::CapacityLimiter::new(
-        custos_health::CapacitySettings::default(),
-    ));
+    let incident_metrics = crate::incidents::IncidentMetrics::new(&mut registry);
+    tokio::spawn(incident_metrics.run(incidents.clone(), webhooks.clone()));
+    let capacity = Arc::new(custos_health::CapacityLimiter::new(config.limits.clone()));
 
     let gateway = Gateway::new(
         &config,
@@ -322,6 +350,28 @@ async fn serve(
         ],
     );
 
+    // Incident evaluation, operator commands submitted by the CLI, per-minute
+    // aggregates and (when enabled) active probes. The gateway registered
+    // every model with the health engine above.
+    let incident_loop = custos_health::spawn_incident_loop(incidents.clone(), health.clone());
+    tokio::spawn(crate::incidents::command_loop(
+        store.clone(),
+        incidents.clone(),
+        incident_ledger.clone(),
+        Duration::from_millis(500),
+    ));
+    tokio::spawn(crate::incidents::aggregates_loop(
+        store.clone(),
+        health.clone(),
+        config.timeseries.flush_interval,
+        config.timeseries.retention,
+    ));
+    let probes = custos_health::spawn_probes(
+        health.clone(),
+        Arc::new(crate::incidents::ProviderProber::new(&config, &providers)),
+        &config.health.probes,
+    );
+
     let gateway_listener = bind(config.server.listen, "server.listen").await?;
     let admin_listener = bind(config.server.admin_listen, "server.admin_listen").await?;
     let gateway_addr = gateway_listener.local_addr()?;
@@ -337,8 +387,37 @@ async fn serve(
         custos_gateway::router(gateway).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let admin_server = axum::serve(admin_listener, custos_admin::router(admin.clone()))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    // The console and the admin API live on the admin listener only: their
+    // router is merged into the admin router, never into the gateway's.
+    let console_base = config
+        .console
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{admin_addr}"));
+    let console = custos_console::ConsoleState::new(custos_console::ConsoleOptions {
+        store: store.clone(),
+        minter: Arc::new(minter),
+        server_keys,
+        keys_policy: config.keys,
+        config: config.console.clone(),
+        ledger_dir: data_dir.join(crate::audit::LEDGER_DIR),
+        clock: Arc::new(SystemClock),
+        base_url: console_base.clone(),
+    });
+    tokio::spawn(purge_sessions(
+        store.clone(),
+        config.console.session_idle_timeout,
+    ));
+    let admin_router = custos_admin::router(admin.clone()).merge(custos_console::router(console));
+    let admin_server = axum::serve(
+        admin_listener,
+        admin_router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let setup_link =
+        custos_console::setup_link_if_fresh(&store, &console_base, config.console.invite_ttl)
+            .await
+            .context("cannot issue the first admin's setup link")?;
 
     admin.set_ready(true);
     tracing::info!(
@@ -354,6 +433,19 @@ async fn serve(
             out,
             "custos ready gateway=http://{gateway_addr} admin=http://{admin_addr}"
         )?;
+        // No console user exists yet: the one-time link to create the first
+        // admin goes to the server's console only (stdout), never the log.
+        if let Some(link) = &setup_link {
+            writeln!(
+                out,
+                "custos setup: no console user exists yet. Create the first admin within {} at:\ncustos setup: {}",
+                humantime::format_duration(config.console.invite_ttl),
+                link.link
+            )?;
+            tracing::warn!(
+                "no console user exists; a one-time setup link was printed on stdout (or run `custos users create NAME --role admin`)"
+            );
+        }
         out.flush()?;
     }
 
@@ -379,6 +471,15 @@ async fn serve(
     }
     if let Err(e) = auth.flush().await {
         tracing::warn!(error = %e, "cannot store last-used times at shutdown");
+    }
+    incident_loop.shutdown().await;
+    if let Some(p) = probes {
+        p.shutdown().await;
+    }
+    let minutes =
+        health.drain_completed_minutes(std::time::SystemTime::now() + Duration::from_secs(60));
+    if let Err(e) = store.save_minutes(&minutes).await {
+        tracing::warn!(error = %e, "cannot save the last per-minute aggregates at shutdown");
     }
     if let Ok((ledger, _)) = &ledger {
         let mut already = std::collections::HashSet::new();
@@ -423,6 +524,21 @@ async fn purge_expired(ledger: Arc<custos_ledger::Ledger>, retention: Duration) 
         };
         if let Err(e) = ledger.purge_before(cutoff).await {
             tracing::warn!(error = %e, "retention purge failed; will retry");
+        }
+    }
+}
+
+/// Removes expired console sessions every ten minutes (expiry is also
+/// checked on every request; this only keeps the table small).
+async fn purge_sessions(store: Arc<custos_store::Store>, idle: Duration) {
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tick.tick().await;
+        let Some(before) = store.now().checked_sub(idle) else {
+            continue;
+        };
+        if let Err(e) = store.sessions().purge(before).await {
+            tracing::warn!(error = %e, "cannot purge expired console sessions; will retry");
         }
     }
 }

@@ -11,34 +11,11 @@
 use std::process::Command;
 use std::time::Duration;
 
-use custos_testkit::{CustosProcess, MockUpstream, Reply, create_key, temp_dir};
+use custos_testkit::{MockUpstream, Reply, create_key, temp_dir};
 
-const BIN: &str = env!("CARGO_BIN_EXE_custos");
+mod common;
 
-fn serve(dir: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> CustosProcess {
-    let dir = dir.to_str().unwrap();
-    let mut args = vec!["--data-dir", dir];
-    args.extend_from_slice(extra);
-    CustosProcess::serve(BIN, &args, env)
-}
-
-/// POSTs a chat body to the gateway with `key`.
-async fn post_chat(p: &CustosProcess, key: &str, body: &'static str) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(format!("{}/chat/completions", p.base_url()))
-        .bearer_auth(key)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-}
-
-fn write_config(dir: &std::path::Path, text: &str) -> String {
-    let path = dir.join("custos.toml");
-    std::fs::write(&path, text).unwrap();
-    path.to_str().unwrap().to_owned()
-}
+use common::{BIN, post_chat, serve, write_config};
 
 #[tokio::test]
 async fn starts_on_the_embedded_default_and_serves_the_mock() {
@@ -411,4 +388,83 @@ async fn readyz_reports_a_model_whose_targets_are_all_open() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(metrics.contains(want), "{metrics}");
+}
+
+/// Whether this process runs as root, which ignores permission bits.
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+#[tokio::test]
+async fn readyz_flips_when_the_ledger_directory_becomes_unwritable() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = temp_dir("readyz-ledger");
+    // Root ignores permission bits, so as root the server runs as `nobody`
+    // (through a wrapper script), on a data directory it owns.
+    let bin = if running_as_root() {
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let status = Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(&data)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let wrapper = dir.path().join("custos-as-nobody");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nexec setpriv --reuid=65534 --regid=65534 --clear-groups {} \"$@\"\n",
+                BIN
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        wrapper.to_str().unwrap().to_owned()
+    } else {
+        std::fs::create_dir_all(dir.path().join("data")).unwrap();
+        BIN.to_owned()
+    };
+    let data = dir.path().join("data");
+    let p =
+        custos_testkit::CustosProcess::serve(&bin, &["--data-dir", data.to_str().unwrap()], &[]);
+    let client = reqwest::Client::new();
+    let readyz = || async {
+        let resp = client
+            .get(format!("{}/readyz", p.admin_url()))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json::<serde_json::Value>().await.unwrap())
+    };
+    let (status, body) = readyz().await;
+    assert_eq!(status, 200, "{body}");
+
+    let ledger = data.join("ledger");
+    std::fs::set_permissions(&ledger, std::fs::Permissions::from_mode(0o500)).unwrap();
+    let (status, body) = readyz().await;
+    std::fs::set_permissions(&ledger, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["checks"]["ledger_writable"]["ok"], false, "{body}");
+    assert!(
+        body["checks"]["ledger_writable"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not writable"),
+        "{body}"
+    );
+    assert!(
+        body["failed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "ledger_writable")
+    );
+    // Writable again: ready again.
+    let (status, body) = readyz().await;
+    assert_eq!(status, 200, "{body}");
 }

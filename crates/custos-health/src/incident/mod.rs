@@ -987,6 +987,94 @@ impl IncidentEngine {
     }
 }
 
+/// One operator action on an incident, in the shape the CLI, the console
+/// and the admin API submit it (`{"action": "acknowledge"}`,
+/// `{"action": "note", "text": "…"}`, …).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
+pub enum OperatorAction {
+    /// Acknowledge: the time to acknowledge stops.
+    Acknowledge,
+    /// Assign to someone.
+    Assign {
+        /// The assignee.
+        assignee: String,
+    },
+    /// Add a note to the timeline.
+    Note {
+        /// The note.
+        text: String,
+    },
+    /// Set the severity by hand.
+    Severity {
+        /// The new severity.
+        severity: Severity,
+        /// Why.
+        reason: String,
+    },
+    /// Resolve by hand.
+    Resolve {
+        /// Closing note.
+        #[serde(default)]
+        note: Option<String>,
+    },
+    /// Attach or replace the postmortem.
+    Postmortem {
+        /// The document.
+        postmortem: Postmortem,
+    },
+    /// Declare an incident Custos cannot see (the incident ID is ignored).
+    Declare {
+        /// The public model.
+        model: String,
+        /// Its severity.
+        severity: Severity,
+        /// One line.
+        title: String,
+    },
+}
+
+impl OperatorAction {
+    /// The action's name, such as `acknowledge`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            OperatorAction::Acknowledge => "acknowledge",
+            OperatorAction::Assign { .. } => "assign",
+            OperatorAction::Note { .. } => "note",
+            OperatorAction::Severity { .. } => "severity",
+            OperatorAction::Resolve { .. } => "resolve",
+            OperatorAction::Postmortem { .. } => "postmortem",
+            OperatorAction::Declare { .. } => "declare",
+        }
+    }
+
+    /// Applies the action to incident `id` as operator `by`.
+    pub async fn apply(
+        self,
+        engine: &IncidentEngine,
+        id: &str,
+        by: &str,
+    ) -> Result<Incident, IncidentError> {
+        match self {
+            OperatorAction::Acknowledge => engine.acknowledge(id, by).await,
+            OperatorAction::Assign { assignee } => engine.assign(id, by, &assignee).await,
+            OperatorAction::Note { text } => engine.annotate(id, by, &text).await,
+            OperatorAction::Severity { severity, reason } => {
+                engine.set_severity(id, by, severity, &reason).await
+            }
+            OperatorAction::Resolve { note } => engine.resolve(id, by, note.as_deref()).await,
+            OperatorAction::Postmortem { postmortem } => {
+                engine.attach_postmortem(id, by, postmortem).await
+            }
+            OperatorAction::Declare {
+                model,
+                severity,
+                title,
+            } => engine.declare(&model, by, severity, &title).await,
+        }
+    }
+}
+
 fn note_peaks(incident: &mut Incident, symptoms: &[Symptom]) {
     for s in symptoms {
         match s {

@@ -1024,6 +1024,206 @@ pub async fn admin_events_round_trip(ctx: &Ctx) {
     assert_eq!(ctx.count("SELECT COUNT(*) FROM outbox").await, 2);
 }
 
+fn incident(id: &str, model: &str, started_s: u64, status: &str) -> custos_health::Incident {
+    let at =
+        |s: u64| humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_secs(s)).to_string();
+    serde_json::from_value(serde_json::json!({
+        "id": id, "model": model, "title": format!("{model}: error rate"),
+        "severity": "sev2", "severity_pinned": false, "status": status, "declared_by": null,
+        "started_at": at(started_s), "updated_at": at(started_s + 60),
+        "acknowledged_at": null, "acknowledged_by": null, "assignee": null,
+        "resolved_at": if status == "resolved" { serde_json::Value::from(at(started_s + 600)) } else { serde_json::Value::Null },
+        "resolved_by": null, "resolution": null, "recovering_since": null,
+        "symptoms": [], "peak_error_rate": 0.5, "peak_p95_ms": null, "affected_keys": 3,
+        "affected_keys_capped": false, "timeline": [], "timeline_dropped": 0, "postmortem": null
+    }))
+    .unwrap()
+}
+
+pub async fn incidents_round_trip(ctx: &Ctx) {
+    use custos_health::{IncidentQuery, IncidentStore, Severity};
+    let day = 1_750_000_000;
+    let a = incident("INC-20250615-0001", "gpt-4o", day, "resolved");
+    let mut b = incident("INC-20250615-0002", "gpt-4o", day + 3600, "open");
+    let c = incident("INC-20250616-0001", "claude", day + 86_400, "acknowledged");
+    for i in [&a, &b, &c] {
+        IncidentStore::save(&ctx.store, i).await.unwrap();
+    }
+    // Saving again replaces.
+    b.severity = Severity::Sev1;
+    IncidentStore::save(&ctx.store, &b).await.unwrap();
+    assert_eq!(
+        IncidentStore::get(&ctx.store, &b.id)
+            .await
+            .unwrap()
+            .unwrap(),
+        b
+    );
+    assert_eq!(
+        IncidentStore::get(&ctx.store, "INC-nope").await.unwrap(),
+        None
+    );
+    let ids =
+        |v: Vec<custos_health::Incident>| v.into_iter().map(|i| i.id).collect::<Vec<String>>();
+    let all = ctx
+        .store
+        .incidents(&IncidentQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(ids(all), [c.id.as_str(), b.id.as_str(), a.id.as_str()]);
+    let q = IncidentQuery {
+        model: Some("gpt-4o".into()),
+        active_only: true,
+        ..IncidentQuery::default()
+    };
+    assert_eq!(ids(ctx.store.incidents(&q).await.unwrap()), [b.id.as_str()]);
+    let q = IncidentQuery {
+        since: Some(UNIX_EPOCH + Duration::from_secs(day + 1)),
+        until: Some(UNIX_EPOCH + Duration::from_secs(day + 86_400)),
+        ..IncidentQuery::default()
+    };
+    assert_eq!(ids(ctx.store.incidents(&q).await.unwrap()), [b.id.as_str()]);
+    let q = IncidentQuery {
+        severity: Some(Severity::Sev2),
+        limit: Some(1),
+        ..IncidentQuery::default()
+    };
+    assert_eq!(ids(ctx.store.incidents(&q).await.unwrap()), [c.id.as_str()]);
+    assert_eq!(
+        IncidentStore::max_sequence(&ctx.store, "20250615")
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        IncidentStore::max_sequence(&ctx.store, "20250617")
+            .await
+            .unwrap(),
+        0
+    );
+    // A body that no longer decodes is reported, not skipped.
+    ctx.exec("UPDATE incidents SET body_json = '{' WHERE id = 'INC-20250615-0001'")
+        .await;
+    let err = IncidentStore::get(&ctx.store, &a.id).await.unwrap_err();
+    assert!(
+        matches!(err, custos_health::StoreError::Corrupt { .. }),
+        "{err}"
+    );
+}
+
+pub async fn incident_commands_are_applied_once_in_order(ctx: &Ctx) {
+    use custos_store::CommandOutcome;
+    let actor = api_actor();
+    let first = ctx
+        .store
+        .submit_incident_command("INC-1", "acknowledge", &actor, &serde_json::json!({}))
+        .await
+        .unwrap();
+    let second = ctx
+        .store
+        .submit_incident_command(
+            "INC-1",
+            "note",
+            &cli("bob"),
+            &serde_json::json!({"text": "hi"}),
+        )
+        .await
+        .unwrap();
+    let pending = ctx.store.pending_incident_commands(10).await.unwrap();
+    assert_eq!(
+        pending.iter().map(|c| c.id).collect::<Vec<_>>(),
+        [first, second]
+    );
+    assert_eq!(pending[0].actor, actor);
+    assert_eq!(pending[1].args["text"], "hi");
+    assert_eq!(
+        ctx.store.incident_command_outcome(first).await.unwrap(),
+        None
+    );
+    let applied = CommandOutcome::Applied(serde_json::json!({"id": "INC-1"}));
+    assert!(
+        ctx.store
+            .finish_incident_command(first, &applied)
+            .await
+            .unwrap()
+    );
+    // The first outcome stays.
+    let refused = CommandOutcome::Refused("already acknowledged".into());
+    assert!(
+        !ctx.store
+            .finish_incident_command(first, &refused)
+            .await
+            .unwrap()
+    );
+    assert!(
+        ctx.store
+            .finish_incident_command(second, &refused)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        ctx.store.incident_command_outcome(first).await.unwrap(),
+        Some(applied)
+    );
+    assert_eq!(
+        ctx.store.incident_command_outcome(second).await.unwrap(),
+        Some(refused)
+    );
+    assert!(
+        ctx.store
+            .pending_incident_commands(10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+pub async fn minute_aggregates_round_trip(ctx: &Ctx) {
+    let now = custos_types::Clock::now(&*ctx.clock);
+    let minute = |back: u64| {
+        let t = now - Duration::from_secs(back * 60);
+        let s = t.duration_since(UNIX_EPOCH).unwrap().as_secs();
+        UNIX_EPOCH + Duration::from_secs(s - s % 60)
+    };
+    let agg = |model: &str, back: u64, requests: u64| custos_health::MinuteAggregate {
+        minute: minute(back),
+        model: model.into(),
+        requests,
+        successes: requests - 1,
+        errors: 1,
+        client_errors: 0,
+        shed: 0,
+        latency_p50_ms: Some(12.5),
+        latency_p95_ms: Some(40.25),
+        latency_p99_ms: None,
+        latency_max_ms: Some(99.0),
+        prompt_tokens: 100 * requests,
+        completion_tokens: 7,
+    };
+    let rows = vec![
+        agg("a", 3, 10),
+        agg("a", 2, 20),
+        agg("b", 2, 5),
+        agg("a", 60 * 24 * 40, 1),
+    ];
+    ctx.store.save_minutes(&rows).await.unwrap();
+    // Written twice (a retried flush): replaced, not doubled.
+    ctx.store.save_minutes(&rows[1..2]).await.unwrap();
+    ctx.store.save_minutes(&[]).await.unwrap();
+    let got = ctx.store.minutes(None, minute(10), now).await.unwrap();
+    assert_eq!(got, rows[..3].to_vec());
+    let got = ctx.store.minutes(Some("b"), minute(10), now).await.unwrap();
+    assert_eq!(got, rows[2..3].to_vec());
+    assert_eq!(
+        ctx.store
+            .purge_minutes(Duration::from_secs(30 * 86_400))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(ctx.count("SELECT COUNT(*) FROM minute_aggregates").await, 3);
+}
+
 pub async fn outbox_rolls_back_with_the_change(ctx: &Ctx) {
     let generation = ctx.store.keys().generation().await.unwrap();
     // The create writes its key row and its event, then fails on the
@@ -1442,6 +1642,524 @@ pub async fn validation_errors(ctx: &Ctx) {
     assert_eq!(ctx.count("SELECT COUNT(*) FROM outbox").await, 0);
 }
 
+// ---- console users, sessions and tokens ----
+
+fn kinds_in_outbox(pending: &[custos_store::OutboxEntry]) -> Vec<String> {
+    pending.iter().map(|e| e.kind.clone()).collect()
+}
+
+async fn invite_and_redeem(
+    ctx: &Ctx,
+    name: &str,
+    role: custos_store::Role,
+) -> custos_store::UserRecord {
+    use custos_store::NewInvite;
+    let invite = NewInvite {
+        id: format!("inv_{name}"),
+        token_hash: format!("hash-{name}"),
+        username: Some(name.to_owned()),
+        role,
+        reset: false,
+        expires_at: ctx.clock_now() + Duration::from_secs(3600),
+    };
+    ctx.store
+        .users()
+        .create_invite(&invite, &cli("root"))
+        .await
+        .unwrap();
+    ctx.store
+        .users()
+        .redeem_invite(
+            &format!("hash-{name}"),
+            &format!("usr_{name}"),
+            "ignored",
+            "$argon2id$fake",
+            None,
+        )
+        .await
+        .unwrap()
+}
+
+pub async fn console_invites_and_users(ctx: &Ctx) {
+    use custos_store::{NewInvite, Role, UserState};
+    let users = ctx.store.users();
+    assert_eq!(users.count().await.unwrap(), 0);
+    // The first admin's setup link: the redeemer picks the name.
+    let setup = NewInvite {
+        id: "inv_setup".into(),
+        token_hash: "h-setup".into(),
+        username: None,
+        role: Role::Admin,
+        reset: false,
+        expires_at: ctx.clock_now() + Duration::from_secs(60),
+    };
+    users.create_invite(&setup, &cli("root")).await.unwrap();
+    let found = users.invite("h-setup").await.unwrap().unwrap();
+    assert_eq!(found.role, Role::Admin);
+    assert!(found.username.is_none());
+    // Bad names are refused before anything is used up.
+    let err = users
+        .redeem_invite("h-setup", "usr_1", "Bad Name", "$argon2id$x", None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Invalid {
+                field: "username",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let admin = users
+        .redeem_invite("h-setup", "usr_1", "alice", "$argon2id$x", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (admin.username.as_str(), admin.role),
+        ("alice", Role::Admin)
+    );
+    assert_eq!(admin.state, UserState::Active);
+    assert!(admin.mfa_enrolled_at.is_none());
+    // A link works once.
+    let again = users
+        .redeem_invite("h-setup", "usr_2", "mallory", "$argon2id$x", None)
+        .await
+        .unwrap_err();
+    assert!(matches!(again, StoreError::InviteInvalid), "{again}");
+    assert!(users.invite("h-setup").await.unwrap().is_none());
+    // Expired links do not work.
+    let late = NewInvite {
+        id: "inv_late".into(),
+        token_hash: "h-late".into(),
+        username: Some("bob".into()),
+        role: Role::Viewer,
+        reset: false,
+        expires_at: ctx.clock_now() + Duration::from_secs(60),
+    };
+    users.create_invite(&late, &cli("root")).await.unwrap();
+    ctx.clock.advance(Duration::from_secs(61));
+    let err = users
+        .redeem_invite("h-late", "usr_3", "", "$argon2id$x", None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InviteInvalid), "{err}");
+    // Inviting an existing name fails; resetting a missing one fails.
+    let dup = NewInvite {
+        id: "inv_dup".into(),
+        token_hash: "h-dup".into(),
+        username: Some("alice".into()),
+        ..setup.clone()
+    };
+    assert!(matches!(
+        users.create_invite(&dup, &cli("root")).await.unwrap_err(),
+        StoreError::UserExists { .. }
+    ));
+    let reset_missing = NewInvite {
+        id: "inv_rm".into(),
+        token_hash: "h-rm".into(),
+        username: Some("nobody".into()),
+        reset: true,
+        ..setup.clone()
+    };
+    assert!(matches!(
+        users
+            .create_invite(&reset_missing, &cli("root"))
+            .await
+            .unwrap_err(),
+        StoreError::UserNotFound { .. }
+    ));
+    assert_eq!(users.list().await.unwrap().len(), 1);
+    assert_eq!(
+        users.by_username("alice").await.unwrap().unwrap().id,
+        "usr_1"
+    );
+    let creds = users.credentials("usr_1").await.unwrap();
+    assert_eq!(creds.password_hash, "$argon2id$x");
+    assert!(!format!("{creds:?}").contains("argon2id"));
+    let kinds = kinds_in_outbox(&ctx.store.outbox_pending(100).await.unwrap());
+    assert_eq!(
+        kinds,
+        ["user.setup_link_issued", "user.created", "user.invited"],
+    );
+}
+
+pub async fn console_totp_enrolment_and_replay(ctx: &Ctx) {
+    let user = invite_and_redeem(ctx, "carol", custos_store::Role::KeyManager).await;
+    let users = ctx.store.users();
+    let actor = cli("carol");
+    // No step is accepted before enrolment.
+    assert!(!users.accept_totp_step(&user.id, 5).await.unwrap());
+    users
+        .set_pending_totp(&user.id, "sealed-seed")
+        .await
+        .unwrap();
+    let codes: Vec<String> = (0..10).map(|i| format!("code-hash-{i}")).collect();
+    users
+        .confirm_totp(&user.id, 100, &codes, &actor)
+        .await
+        .unwrap();
+    let creds = users.credentials(&user.id).await.unwrap();
+    assert_eq!(creds.totp_sealed.as_deref(), Some("sealed-seed"));
+    assert!(creds.totp_pending_sealed.is_none());
+    assert_eq!(creds.totp_last_step, Some(100));
+    // Enrolled: no new pending seed, no second confirmation.
+    assert!(users.set_pending_totp(&user.id, "other").await.is_err());
+    assert!(
+        users
+            .confirm_totp(&user.id, 101, &codes, &actor)
+            .await
+            .is_err()
+    );
+    // A step is accepted once, and never an earlier one.
+    assert!(!users.accept_totp_step(&user.id, 100).await.unwrap());
+    assert!(users.accept_totp_step(&user.id, 101).await.unwrap());
+    assert!(!users.accept_totp_step(&user.id, 101).await.unwrap());
+    assert!(!users.accept_totp_step(&user.id, 99).await.unwrap());
+    // Recovery codes are single-use.
+    assert_eq!(users.recovery_codes_left(&user.id).await.unwrap(), 10);
+    assert!(
+        users
+            .use_recovery_code(&user.id, "code-hash-3", &actor)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !users
+            .use_recovery_code(&user.id, "code-hash-3", &actor)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !users
+            .use_recovery_code(&user.id, "nope", &actor)
+            .await
+            .unwrap()
+    );
+    assert_eq!(users.recovery_codes_left(&user.id).await.unwrap(), 9);
+    users
+        .replace_recovery_codes(&user.id, &["fresh".to_owned()], &actor)
+        .await
+        .unwrap();
+    assert!(
+        !users
+            .use_recovery_code(&user.id, "code-hash-4", &actor)
+            .await
+            .unwrap()
+    );
+    assert_eq!(users.recovery_codes_left(&user.id).await.unwrap(), 1);
+    // Resetting MFA clears the seed, the codes and the sessions.
+    ctx.store
+        .sessions()
+        .create(
+            "sess-1",
+            &user.id,
+            custos_store::SessionStage::Full,
+            ctx.clock_now() + Duration::from_secs(60),
+            None,
+        )
+        .await
+        .unwrap();
+    let after = users
+        .reset_mfa(&user.id, &cli("root"), "lost phone")
+        .await
+        .unwrap();
+    assert!(after.mfa_enrolled_at.is_none());
+    let creds = users.credentials(&user.id).await.unwrap();
+    assert!(creds.totp_sealed.is_none() && creds.totp_last_step.is_none());
+    assert_eq!(users.recovery_codes_left(&user.id).await.unwrap(), 0);
+    assert!(ctx.store.sessions().get("sess-1").await.unwrap().is_none());
+    let kinds = kinds_in_outbox(&ctx.store.outbox_pending(100).await.unwrap());
+    for want in [
+        "user.mfa_enrolled",
+        "mfa.recovery_code_used",
+        "user.recovery_codes_regenerated",
+        "user.mfa_reset",
+    ] {
+        assert!(
+            kinds.iter().any(|k| k == want),
+            "{want} missing from {kinds:?}"
+        );
+    }
+    // Nothing secret-looking reached the events.
+    for entry in ctx.store.outbox_pending(100).await.unwrap() {
+        for needle in ["sealed-seed", "code-hash", "argon2id", "fresh"] {
+            assert!(
+                !entry.payload_json.contains(needle),
+                "{needle} in {}",
+                entry.payload_json
+            );
+        }
+    }
+}
+
+pub async fn console_lockout(ctx: &Ctx) {
+    let user = invite_and_redeem(ctx, "dave", custos_store::Role::Viewer).await;
+    let users = ctx.store.users();
+    let lockout = Duration::from_secs(900);
+    for i in 1..5 {
+        let out = users
+            .record_failure(&user.id, "password", 5, lockout, &cli("dave"))
+            .await
+            .unwrap();
+        assert_eq!(out.attempts, i);
+        assert!(out.locked_until.is_none());
+    }
+    let out = users
+        .record_failure(&user.id, "totp", 5, lockout, &cli("dave"))
+        .await
+        .unwrap();
+    assert_eq!(out.locked_until, Some(ctx.clock_now() + lockout));
+    let rec = users.get(&user.id).await.unwrap().unwrap();
+    assert!(rec.is_locked(ctx.clock_now()));
+    assert!(!rec.is_locked(ctx.clock_now() + lockout));
+    let rec = users.unlock(&user.id, &cli("root")).await.unwrap();
+    assert!(!rec.is_locked(ctx.clock_now()));
+    assert_eq!(rec.failed_attempts, 0);
+    users
+        .record_failure(&user.id, "password", 5, lockout, &cli("dave"))
+        .await
+        .unwrap();
+    users
+        .record_login(&user.id, "totp", &cli("dave"))
+        .await
+        .unwrap();
+    let rec = users.get(&user.id).await.unwrap().unwrap();
+    assert_eq!(rec.failed_attempts, 0);
+    assert_eq!(rec.last_login_at, Some(ctx.clock_now()));
+    let kinds = kinds_in_outbox(&ctx.store.outbox_pending(100).await.unwrap());
+    assert_eq!(kinds.iter().filter(|k| *k == "login.failed").count(), 6);
+    assert_eq!(kinds.iter().filter(|k| *k == "user.locked").count(), 1);
+    assert!(kinds.iter().any(|k| k == "user.unlocked"));
+    assert!(kinds.iter().any(|k| k == "login.succeeded"));
+    assert!(matches!(
+        users
+            .record_failure("usr_none", "password", 5, lockout, &cli("x"))
+            .await
+            .unwrap_err(),
+        StoreError::UserNotFound { .. }
+    ));
+}
+
+pub async fn console_roles_states_and_last_admin(ctx: &Ctx) {
+    use custos_store::{Role, UserState};
+    let admin = invite_and_redeem(ctx, "erin", Role::Admin).await;
+    let other = invite_and_redeem(ctx, "frank", Role::Viewer).await;
+    let users = ctx.store.users();
+    // The only admin can be neither demoted nor disabled.
+    let err = users
+        .set_role(&admin.id, Role::Viewer, &cli("root"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Invalid { field: "role", .. }),
+        "{err}"
+    );
+    assert!(
+        users
+            .set_state(&admin.id, UserState::Disabled, &cli("root"))
+            .await
+            .is_err()
+    );
+    let promoted = users
+        .set_role(&other.id, Role::Admin, &cli("root"))
+        .await
+        .unwrap();
+    assert_eq!(promoted.role, Role::Admin);
+    let demoted = users
+        .set_role(&admin.id, Role::Auditor, &cli("root"))
+        .await
+        .unwrap();
+    assert_eq!(demoted.role, Role::Auditor);
+    ctx.store
+        .sessions()
+        .create(
+            "s-frank",
+            &other.id,
+            custos_store::SessionStage::Full,
+            ctx.clock_now() + Duration::from_secs(60),
+            None,
+        )
+        .await
+        .unwrap();
+    let disabled = users
+        .set_state(&admin.id, UserState::Disabled, &cli("root"))
+        .await
+        .unwrap();
+    assert_eq!(disabled.state, UserState::Disabled);
+    assert!(
+        users
+            .set_state(&other.id, UserState::Disabled, &cli("root"))
+            .await
+            .is_err()
+    );
+    let enabled = users
+        .set_state(&admin.id, UserState::Active, &cli("root"))
+        .await
+        .unwrap();
+    assert_eq!(enabled.state, UserState::Active);
+    // A password change ends the user's other sessions.
+    ctx.store
+        .sessions()
+        .create(
+            "s-frank-2",
+            &other.id,
+            custos_store::SessionStage::Full,
+            ctx.clock_now() + Duration::from_secs(60),
+            None,
+        )
+        .await
+        .unwrap();
+    users
+        .set_password(&other.id, "$argon2id$new", Some("s-frank-2"), &cli("frank"))
+        .await
+        .unwrap();
+    assert!(ctx.store.sessions().get("s-frank").await.unwrap().is_none());
+    assert!(
+        ctx.store
+            .sessions()
+            .get("s-frank-2")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(matches!(
+        users
+            .set_role("usr_nope", Role::Viewer, &cli("root"))
+            .await
+            .unwrap_err(),
+        StoreError::UserNotFound { .. }
+    ));
+    // A password reset link for an existing user.
+    let reset = custos_store::NewInvite {
+        id: "inv_reset".into(),
+        token_hash: "h-reset".into(),
+        username: Some("frank".into()),
+        role: Role::Viewer,
+        reset: true,
+        expires_at: ctx.clock_now() + Duration::from_secs(60),
+    };
+    users.create_invite(&reset, &cli("root")).await.unwrap();
+    let after = users
+        .redeem_invite("h-reset", "unused", "", "$argon2id$reset", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (after.id.as_str(), after.role),
+        (other.id.as_str(), Role::Admin)
+    );
+    assert_eq!(
+        users.credentials(&other.id).await.unwrap().password_hash,
+        "$argon2id$reset"
+    );
+    assert_eq!(
+        ctx.store
+            .sessions()
+            .count_for_user(&other.id)
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+pub async fn console_sessions_and_tokens(ctx: &Ctx) {
+    use custos_store::{NewToken, Role, SessionStage};
+    let user = invite_and_redeem(ctx, "gina", Role::KeyManager).await;
+    let sessions = ctx.store.sessions();
+    let t0 = ctx.clock_now();
+    sessions
+        .create(
+            "s1",
+            &user.id,
+            SessionStage::Mfa,
+            t0 + Duration::from_secs(600),
+            None,
+        )
+        .await
+        .unwrap();
+    let s = sessions.get("s1").await.unwrap().unwrap();
+    assert_eq!(
+        (s.stage, s.created_at, s.last_seen_at),
+        (SessionStage::Mfa, t0, t0)
+    );
+    ctx.clock.advance(Duration::from_secs(5));
+    sessions.touch("s1").await.unwrap();
+    assert_eq!(
+        sessions.get("s1").await.unwrap().unwrap().last_seen_at,
+        t0 + Duration::from_secs(5)
+    );
+    sessions
+        .create(
+            "s2",
+            &user.id,
+            SessionStage::Full,
+            t0 + Duration::from_secs(10),
+            None,
+        )
+        .await
+        .unwrap();
+    ctx.clock.advance(Duration::from_secs(10));
+    // s2 is past its absolute end; s1 is idle since t0+5.
+    assert_eq!(sessions.purge(t0).await.unwrap(), 1);
+    assert!(sessions.get("s2").await.unwrap().is_none());
+    assert!(sessions.delete("s1").await.unwrap());
+    assert!(!sessions.delete("s1").await.unwrap());
+
+    let tokens = ctx.store.tokens();
+    let now = ctx.clock_now();
+    let new = NewToken {
+        id: "tok_1".into(),
+        token_hash: "th-1".into(),
+        name: "deploy".into(),
+        role: Role::KeyManager,
+        user_id: user.id.clone(),
+        expires_at: now + Duration::from_secs(3600),
+    };
+    let rec = tokens.create(&new, &cli("gina")).await.unwrap();
+    assert_eq!(
+        (rec.username.as_str(), rec.role),
+        ("gina", Role::KeyManager)
+    );
+    assert!(rec.is_usable(now));
+    assert!(!rec.is_usable(now + Duration::from_secs(3600)));
+    assert_eq!(tokens.by_hash("th-1").await.unwrap().unwrap().id, "tok_1");
+    assert!(tokens.by_hash("th-2").await.unwrap().is_none());
+    assert_eq!(tokens.list(Some(&user.id)).await.unwrap().len(), 1);
+    assert_eq!(tokens.list(Some("usr_other")).await.unwrap().len(), 0);
+    tokens.touch("tok_1").await.unwrap();
+    assert!(tokens.revoke("tok_1", &cli("gina")).await.unwrap());
+    assert!(!tokens.revoke("tok_1", &cli("gina")).await.unwrap());
+    assert!(!tokens.get("tok_1").await.unwrap().unwrap().is_usable(now));
+    assert!(matches!(
+        tokens.revoke("tok_x", &cli("g")).await.unwrap_err(),
+        StoreError::TokenNotFound { .. }
+    ));
+    let bad = NewToken {
+        id: "tok_2".into(),
+        token_hash: "th-2".into(),
+        expires_at: now,
+        ..new.clone()
+    };
+    assert!(tokens.create(&bad, &cli("gina")).await.is_err());
+    let bad = NewToken {
+        id: "tok_3".into(),
+        token_hash: "th-3".into(),
+        name: " ".into(),
+        ..new
+    };
+    assert!(tokens.create(&bad, &cli("gina")).await.is_err());
+    let kinds = kinds_in_outbox(&ctx.store.outbox_pending(100).await.unwrap());
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "admin_token.created").count(),
+        1
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "admin_token.revoked").count(),
+        1
+    );
+}
+
 /// Instantiates every scenario as a `#[tokio::test]` using `$make` to build
 /// the context; `$make` returns `None` to skip.
 macro_rules! scenarios {
@@ -1459,6 +2177,9 @@ macro_rules! scenarios {
             expiry,
             outbox_lifecycle,
             admin_events_round_trip,
+            incidents_round_trip,
+            incident_commands_are_applied_once_in_order,
+            minute_aggregates_round_trip,
             outbox_rolls_back_with_the_change,
             touch_last_used_in_batches,
             usage_counters,
@@ -1468,6 +2189,11 @@ macro_rules! scenarios {
             secrets_are_never_stored,
             concurrent_retries_make_one_secret,
             validation_errors,
+            console_invites_and_users,
+            console_totp_enrolment_and_replay,
+            console_lockout,
+            console_roles_states_and_last_admin,
+            console_sessions_and_tokens,
         );
     };
     ($make:path; $($name:ident),* $(,)?) => {
