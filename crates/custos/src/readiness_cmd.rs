@@ -58,7 +58,6 @@ async fn run_async(config: &Config, data_dir: &Path, args: ReadinessArgs) -> any
         None => now - Duration::from_secs(90 * 86_400),
     };
     let (store, minter) = crate::state::open(data_dir).await?;
-    let keys = store.keys().list(&ListFilter::default()).await?;
     let users = store.users().list().await?;
     let incidents = store
         .incidents(&custos_health::IncidentQuery {
@@ -75,6 +74,8 @@ async fn run_async(config: &Config, data_dir: &Path, args: ReadinessArgs) -> any
             .context("the ledger check failed")??
     };
     let revocation = probe_revocation(config, data_dir, &store, &minter, &args).await;
+    // Listed after the probe, so the inventory includes its revoked canary.
+    let keys = store.keys().list(&ListFilter::default()).await?;
     let runbook_ok = std::fs::metadata(&args.runbook).is_ok_and(|m| m.is_file() && m.len() > 0);
     let facts = Facts {
         now,
