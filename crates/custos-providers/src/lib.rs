@@ -189,7 +189,7 @@ pub struct Provider {
 }
 
 enum Inner {
-    OpenAi(OpenAiProvider),
+    OpenAi(Box<OpenAiProvider>),
     Mock(MockProvider),
 }
 
@@ -219,12 +219,12 @@ impl Provider {
         credential: Option<SecretString>,
     ) -> Result<Self, BuildError> {
         let inner = match &config.kind {
-            ProviderKind::OpenAi(settings) => Inner::OpenAi(OpenAiProvider::new(
+            ProviderKind::OpenAi(settings) => Inner::OpenAi(Box::new(OpenAiProvider::new(
                 &config.name,
                 settings,
                 &config.timeouts,
                 credential,
-            )?),
+            )?)),
             ProviderKind::Mock(settings) => Inner::Mock(MockProvider::new(settings.clone())),
         };
         Ok(Provider {
