@@ -393,6 +393,7 @@ async fn inference(
                 relay,
                 estimate: Some(estimate),
                 upstream_started,
+                closing: false,
                 done: false,
                 _slot: slot,
             };
@@ -804,6 +805,9 @@ struct StreamState {
     relay: SseRelay,
     estimate: Option<Estimate>,
     upstream_started: Instant,
+    /// `[DONE]` was seen and everything before it forwarded: what is left
+    /// is to record the request and send the held `[DONE]`.
+    closing: bool,
     done: bool,
     /// The capacity slot, released when the stream ends or is dropped.
     _slot: Option<CapacityGuard>,
@@ -853,23 +857,37 @@ fn relay_stream(state: StreamState) -> impl futures_util::Stream<Item = Result<B
             if st.done {
                 return None;
             }
+            if st.closing {
+                // The answer is complete: record it, then send the rest
+                // with `[DONE]`. The upstream connection is released
+                // without waiting for it to close.
+                let rest = st.relay.finish();
+                let code = st.relay.saw_error().then_some("upstream_stream_error");
+                if !st.finish(code).await {
+                    return Some((Ok(audit_failed_event()), st));
+                }
+                return Some((Ok(rest), st));
+            }
             let next = match st.first.take() {
                 Some(first) => Some(Ok(first)),
                 None => st.upstream.next().await,
             };
             match next {
                 Some(Ok(chunk)) => match st.relay.push(&chunk) {
-                    Ok(out) if st.relay.saw_done() => {
-                        // The answer is complete: record it, then send the
-                        // rest with `[DONE]`. The upstream connection is
-                        // released without waiting for it to close.
-                        let mut all = BytesMut::from(&out[..]);
-                        all.extend_from_slice(&st.relay.finish());
-                        let code = st.relay.saw_error().then_some("upstream_stream_error");
-                        if !st.finish(code).await {
-                            return Some((Ok(audit_failed_event()), st));
+                    Ok(out) if st.relay.saw_done() && !out.is_empty() => {
+                        // The events before `[DONE]` go out now, not after
+                        // the record: an upstream that sends the whole
+                        // stream in one read must not have its first token
+                        // held behind the ledger.
+                        st.closing = true;
+                        if let Some(g) = st.guard.as_mut() {
+                            g.mark_first_byte();
                         }
-                        return Some((Ok(all.freeze()), st));
+                        return Some((Ok(out), st));
+                    }
+                    Ok(_) if st.relay.saw_done() => {
+                        st.closing = true;
+                        continue;
                     }
                     Ok(out) if out.is_empty() => continue,
                     Ok(out) => {

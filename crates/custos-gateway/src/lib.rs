@@ -95,9 +95,15 @@ impl Gateway {
             capacity,
         } = hooks;
         let routes = RouteTable::new(config, providers);
+        let served: Vec<&str> = routes
+            .names()
+            .filter_map(|name| routes.get(name))
+            .flat_map(|route| route.targets.iter().map(|t| t.upstream_model.as_str()))
+            .collect();
         let metrics = Metrics::new(
             registry,
             routes.names(),
+            served,
             providers.keys().map(String::as_str),
             config.metrics.per_key,
         );

@@ -21,11 +21,11 @@ pub struct RequestLabels {
     /// Endpoint name.
     pub endpoint: &'static str,
     /// Configured model the client asked for, or `unknown`.
-    pub model_requested: String,
+    pub model_requested: &'static str,
     /// Upstream model that answered, or `none`.
-    pub model_served: String,
+    pub model_served: &'static str,
     /// Provider that answered, or `none`.
-    pub provider: String,
+    pub provider: &'static str,
     /// `2xx`, `4xx`, `5xx` or `disconnect`.
     pub status_class: &'static str,
 }
@@ -41,14 +41,14 @@ pub struct EndpointLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProviderLabels {
     /// Provider name.
-    pub provider: String,
+    pub provider: &'static str,
 }
 
 /// Labels of upstream errors.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamErrorLabels {
     /// Provider name.
-    pub provider: String,
+    pub provider: &'static str,
     /// `connect`, `timeout`, `transport`, `status`, `too_large`.
     pub kind: &'static str,
 }
@@ -67,7 +67,7 @@ pub struct RejectionLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TokenLabels {
     /// Configured model.
-    pub model: String,
+    pub model: &'static str,
     /// `prompt` or `completion`.
     pub kind: &'static str,
 }
@@ -89,8 +89,9 @@ struct PerKey {
 
 /// The gateway's metric families.
 pub struct Metrics {
-    known_models: HashSet<String>,
-    known_providers: HashSet<String>,
+    known_models: Names,
+    known_served: Names,
+    known_providers: Names,
     requests: Family<RequestLabels, Counter>,
     duration: Family<EndpointLabels, Histogram>,
     upstream_ttfb: Family<ProviderLabels, Histogram>,
@@ -103,22 +104,48 @@ pub struct Metrics {
     in_flight: Gauge<i64, AtomicI64>,
 }
 
+/// A fixed set of configured names, as `&'static str` so that label sets
+/// are built without allocating on every request. The names are leaked
+/// once per gateway: they come from the configuration, which is loaded
+/// once per process, so the set is bounded.
+struct Names(HashSet<&'static str>);
+
+impl Names {
+    fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
+        Names(
+            names
+                .into_iter()
+                .map(|n| &*Box::leak(n.to_owned().into_boxed_str()))
+                .collect(),
+        )
+    }
+
+    /// The interned name, if it is one of the set.
+    fn get(&self, name: &str) -> Option<&'static str> {
+        self.0.get(name).copied()
+    }
+}
+
 fn latency_histogram() -> Histogram {
     // 100µs to ~26s.
     Histogram::new(exponential_buckets(0.0001, 2.0, 19))
 }
 
 impl Metrics {
-    /// Registers the families in `registry`.
+    /// Registers the families in `registry`. `models` are the configured
+    /// model names, `served` the upstream model names of their targets and
+    /// `providers` the provider names: the only values these labels take.
     pub fn new<'a>(
         registry: &mut Registry,
         models: impl IntoIterator<Item = &'a str>,
+        served: impl IntoIterator<Item = &'a str>,
         providers: impl IntoIterator<Item = &'a str>,
         per_key: bool,
     ) -> Arc<Self> {
         let m = Metrics {
-            known_models: models.into_iter().map(str::to_owned).collect(),
-            known_providers: providers.into_iter().map(str::to_owned).collect(),
+            known_models: Names::new(models),
+            known_served: Names::new(served),
+            known_providers: Names::new(providers),
             requests: Family::default(),
             duration: Family::new_with_constructor(latency_histogram),
             upstream_ttfb: Family::new_with_constructor(latency_histogram),
@@ -192,20 +219,15 @@ impl Metrics {
         self.in_flight.inc();
     }
 
-    fn bounded_model(&self, model: Option<&str>) -> String {
+    fn bounded_model(&self, model: Option<&str>) -> &'static str {
         match model {
-            Some(m) if self.known_models.contains(m) => m.to_owned(),
-            Some(_) => "unknown".to_owned(),
-            None => "none".to_owned(),
+            Some(m) => self.known_models.get(m).unwrap_or("unknown"),
+            None => "none",
         }
     }
 
-    fn bounded_provider(&self, provider: &str) -> String {
-        if self.known_providers.contains(provider) {
-            provider.to_owned()
-        } else {
-            "unknown".to_owned()
-        }
+    fn bounded_provider(&self, provider: &str) -> &'static str {
+        self.known_providers.get(provider).unwrap_or("unknown")
     }
 }
 
@@ -236,20 +258,22 @@ impl OutcomeSink for Metrics {
         let provider = o
             .provider
             .as_deref()
-            .map_or_else(|| "none".to_owned(), |p| self.bounded_provider(p));
+            .map_or("none", |p| self.bounded_provider(p));
         let model_requested = self.bounded_model(o.model_requested.as_deref());
         // The served model is an upstream name from configuration, so it is
         // bounded as long as it came from a configured provider.
-        let model_served = match (&o.model_served, provider.as_str()) {
-            (Some(m), p) if p != "none" && p != "unknown" => m.clone(),
-            _ => "none".to_owned(),
+        let model_served = match (&o.model_served, provider) {
+            (Some(m), p) if p != "none" && p != "unknown" => {
+                self.known_served.get(m).unwrap_or("unknown")
+            }
+            _ => "none",
         };
         self.requests
             .get_or_create(&RequestLabels {
                 endpoint: o.endpoint,
-                model_requested: model_requested.clone(),
+                model_requested,
                 model_served,
-                provider: provider.clone(),
+                provider,
                 status_class,
             })
             .inc();
@@ -266,9 +290,7 @@ impl OutcomeSink for Metrics {
             && last.error.is_none()
         {
             self.upstream_ttfb
-                .get_or_create(&ProviderLabels {
-                    provider: provider.clone(),
-                })
+                .get_or_create(&ProviderLabels { provider })
                 .observe(last.duration.as_secs_f64());
         }
         if let (Some(k), Some(actor)) = (&self.per_key, &o.actor) {
@@ -318,7 +340,7 @@ impl OutcomeSink for Metrics {
             ] {
                 self.tokens
                     .get_or_create(&TokenLabels {
-                        model: model_requested.clone(),
+                        model: model_requested,
                         kind,
                     })
                     .inc_by(n);

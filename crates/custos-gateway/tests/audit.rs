@@ -199,3 +199,41 @@ async fn every_request_is_recorded_once_with_its_details() {
         );
     }
 }
+
+/// An upstream that sends a whole stream in one write: the events before
+/// `[DONE]` must reach the client at once; only `[DONE]` waits for the
+/// record.
+#[tokio::test]
+async fn a_stream_sent_in_one_piece_is_forwarded_before_its_record_is_durable() {
+    let sink = GatedSink::new(false);
+    let sse = concat!(
+        "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"first\"}}]}\n\n",
+        "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1,\"total_tokens\":4}}\n\n",
+        "data: [DONE]\n\n",
+    );
+    let reply = Reply::Json {
+        status: 200,
+        body: sse.to_owned(),
+        headers: Vec::new(),
+    };
+    let (_up, gw) = setup(sink.clone(), reply).await;
+    let mut resp = gw.post("/v1/chat/completions", &chat(true)).await;
+    assert_eq!(resp.status(), 200);
+    // The record cannot become durable yet, and the first token is here.
+    let first = tokio::time::timeout(Duration::from_secs(5), resp.chunk())
+        .await
+        .expect("the first event was held back until the record was durable")
+        .unwrap()
+        .unwrap();
+    let first = String::from_utf8(first.to_vec()).unwrap();
+    assert!(first.contains("\"content\":\"first\""), "{first}");
+    assert!(!first.contains("[DONE]"), "{first}");
+    gw.outcomes.wait(1).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    sink.release.send(true).unwrap();
+    let mut rest = String::new();
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        rest.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    assert_eq!(rest, "data: [DONE]\n\n");
+}
