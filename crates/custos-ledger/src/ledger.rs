@@ -20,12 +20,13 @@ use tokio::sync::oneshot;
 use crate::error::LedgerError;
 use crate::keys;
 use crate::layout::{Layout, create_dir};
+use crate::options::Durability;
 use crate::options::LedgerOptions;
 use crate::recovery::{RecoveryReport, ledger_is_empty, recover};
 use crate::signing::Checkpointer;
 use crate::sink::run_sinks;
 use crate::stats::{LedgerStats, LedgerStatus, Shared};
-use crate::writer::{Appended, Command, KeyRotation, PurgeReport, Segment, Writer};
+use crate::writer::{self, Appended, Command, Core, KeyRotation, PurgeReport, Segment, Writer};
 
 /// Queue slots kept free for control commands, so that a checkpoint,
 /// rotation or shutdown is accepted even when appends fill the queue.
@@ -33,15 +34,24 @@ const CONTROL_RESERVE: usize = 16;
 
 /// The audit ledger: the single writer of one ledger directory.
 ///
-/// Appends are queued to a dedicated thread that does all file IO, so no
-/// method blocks an async runtime (except `Drop`, see below). Share it
-/// behind an `Arc`.
+/// In `sync` mode appends are queued to a dedicated writer thread, which
+/// group-commits them (one write and one fdatasync per group), so no
+/// method blocks an async runtime on the disk (except `Drop`, see below).
+/// In `batched` mode an append is written by the appending thread itself,
+/// under the writer's lock: one `write` into the page cache, never an
+/// fsync (the writer thread runs those, without the lock). Share it behind
+/// an `Arc`.
 ///
 /// Dropping the ledger without [`shutdown`](Self::shutdown) still drains
 /// the queue and signs a final checkpoint, and waits for that on the
 /// dropping thread.
 pub struct Ledger {
     tx: Option<SyncSender<Command>>,
+    /// The writer's state. The writer thread owns it in sync mode; in
+    /// batched mode appending threads also write through it.
+    core: Core,
+    /// Batched mode: appends are written by their callers.
+    append_here: bool,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
     dir: PathBuf,
@@ -60,7 +70,15 @@ impl std::fmt::Debug for Ledger {
 #[derive(Debug)]
 #[must_use = "an append is only durable once its ticket resolves"]
 pub struct AppendTicket {
-    rx: oneshot::Receiver<Result<Appended, LedgerError>>,
+    state: Ticket,
+}
+
+#[derive(Debug)]
+enum Ticket {
+    /// Queued to the writer thread.
+    Queued(oneshot::Receiver<Result<Appended, LedgerError>>),
+    /// Already written by the appending thread (batched mode).
+    Done(Option<Result<Appended, LedgerError>>),
 }
 
 fn writer_gone() -> LedgerError {
@@ -73,9 +91,14 @@ impl Future for AppendTicket {
     type Output = Result<Appended, LedgerError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.rx)
-            .poll(cx)
-            .map(|r| r.unwrap_or_else(|_| Err(writer_gone())))
+        match &mut self.state {
+            Ticket::Queued(rx) => Pin::new(rx)
+                .poll(cx)
+                .map(|r| r.unwrap_or_else(|_| Err(writer_gone()))),
+            Ticket::Done(result) => {
+                Poll::Ready(result.take().unwrap_or_else(|| Err(writer_gone())))
+            }
+        }
     }
 }
 
@@ -88,9 +111,10 @@ impl AppendTicket {
     ///
     /// The write or fsync error that lost the record.
     pub fn wait(self) -> Result<Appended, LedgerError> {
-        self.rx
-            .blocking_recv()
-            .unwrap_or_else(|_| Err(writer_gone()))
+        match self.state {
+            Ticket::Queued(rx) => rx.blocking_recv().unwrap_or_else(|_| Err(writer_gone())),
+            Ticket::Done(result) => result.unwrap_or_else(|| Err(writer_gone())),
+        }
     }
 }
 
@@ -221,13 +245,17 @@ impl Ledger {
             _lock: lock,
         };
         let (tx, rx) = mpsc::sync_channel(queue_capacity + CONTROL_RESERVE);
+        let core: Core = Arc::new(std::sync::Mutex::new(Some(writer)));
+        let thread_core = Arc::clone(&core);
         let thread = std::thread::Builder::new()
             .name("custos-ledger".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || writer::run(thread_core, rx))
             .map_err(|e| LedgerError::io("spawn writer thread", dir, e))?;
         Ok((
             Ledger {
                 tx: Some(tx),
+                core,
+                append_here: matches!(durability, Durability::Batched { .. }),
                 shared,
                 thread: Some(thread),
                 dir: dir.to_path_buf(),
@@ -236,8 +264,9 @@ impl Ledger {
         ))
     }
 
-    /// Queues a record; the ledger assigns its `seq` and `ts`. Returns at
-    /// once: await the ticket for durability.
+    /// Queues a record (sync mode) or writes it (batched mode); the ledger
+    /// assigns its `seq` and `ts`. Never waits for the disk: await the
+    /// ticket for durability.
     ///
     /// # Errors
     ///
@@ -257,6 +286,30 @@ impl Ledger {
                 max: MAX_RECORD_BYTES,
             }));
         }
+        // Most of a record comes before its `seq`, so most of its leaf hash
+        // can be computed here, in parallel, instead of on the writer.
+        let mut prefix = LeafHasher::new();
+        prefix.update(record.head());
+        if self.append_here {
+            // Batched mode: written here, under the writer's lock, rather
+            // than handed to the writer thread and back — two thread
+            // wake-ups saved on every request (issue #8).
+            let (result, wake) = {
+                let mut guard = writer::lock(&self.core)?;
+                let Some(writer) = guard.as_mut() else {
+                    return Err(LedgerError::ShutDown);
+                };
+                writer.append_here(&record, prefix)
+            };
+            if wake && let Some(tx) = &self.tx {
+                // Full means the thread has work queued and will look at
+                // its timers anyway.
+                let _ = tx.try_send(Command::Wake);
+            }
+            return Ok(AppendTicket {
+                state: Ticket::Done(Some(result)),
+            });
+        }
         let shared = &self.shared;
         if shared.depth.fetch_add(1, Relaxed) >= shared.capacity {
             shared.depth.fetch_sub(1, Relaxed);
@@ -265,17 +318,15 @@ impl Ledger {
                 capacity: shared.capacity,
             });
         }
-        // Most of a record comes before its `seq`, so most of its leaf hash
-        // can be computed here, in parallel, instead of on the writer.
-        let mut prefix = LeafHasher::new();
-        prefix.update(record.head());
         let (reply, rx) = oneshot::channel();
         match self.send(Command::Append {
             record,
             prefix,
             reply,
         }) {
-            Ok(()) => Ok(AppendTicket { rx }),
+            Ok(()) => Ok(AppendTicket {
+                state: Ticket::Queued(rx),
+            }),
             Err(e) => {
                 shared.depth.fetch_sub(1, Relaxed);
                 shared.stats.note_rejected();

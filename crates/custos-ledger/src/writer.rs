@@ -1,20 +1,30 @@
-//! The single writer thread: group commit, segments, checkpoints, key
-//! rotation and retention. Only this thread touches segment files, so
-//! there is no locking on the data path.
+//! The writer: group commit, segments, checkpoints, key rotation and
+//! retention. Its state sits behind one mutex ([`Core`]); whoever holds it
+//! is the only one touching segment files.
 //!
-//! Each turn of the loop drains everything queued (up to [`MAX_GROUP`]),
-//! encodes and hashes each record into one buffer while extending the
-//! frontier, writes the buffer with one `write`, fdatasyncs once (in sync
-//! mode), and only then resolves the tickets. Any write or fsync error
-//! stops the writer for good: it is never retried, because after a failed
-//! fsync the kernel may have dropped the dirty pages.
+//! In sync mode appends are queued to the writer thread. Each turn of its
+//! loop drains everything queued (up to [`MAX_GROUP`]), encodes and hashes
+//! each record into one buffer while extending the frontier, writes the
+//! buffer with one `write`, fdatasyncs once, and only then resolves the
+//! tickets.
+//!
+//! In batched mode the appending thread takes the lock and writes its own
+//! record (one `write`, no fsync), which saves the two thread hand-offs a
+//! queued append costs. The writer thread then only runs timers: the
+//! fdatasync due `max_delay` after the first unsynced write (on a duplicate
+//! descriptor, *without* the lock, so appends go on meanwhile),
+//! checkpoints and segment age.
+//!
+//! Any write or fsync error stops the writer for good: it is never retried,
+//! because after a failed fsync the kernel may have dropped the dirty
+//! pages.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -94,6 +104,9 @@ pub(crate) enum Command {
     Shutdown {
         reply: Reply<u64>,
     },
+    /// Batched mode: an append written by its caller started an unsynced
+    /// window or made a checkpoint due; the thread re-reads its timers.
+    Wake,
 }
 
 /// The segment being appended to.
@@ -136,60 +149,189 @@ pub(crate) struct Writer {
     pub(crate) _lock: File,
 }
 
+/// The writer's state, shared by the writer thread and, in batched mode,
+/// by appending threads. `None` once the writer has shut down.
+pub(crate) type Core = Arc<Mutex<Option<Writer>>>;
+
+/// Locks the writer. A poisoned lock (a panic while it was held) means the
+/// writer's state cannot be trusted: the ledger is unavailable from then on.
+pub(crate) fn lock(
+    core: &Mutex<Option<Writer>>,
+) -> Result<MutexGuard<'_, Option<Writer>>, LedgerError> {
+    core.lock().map_err(|_| LedgerError::Unavailable {
+        reason: "the ledger writer failed".into(),
+    })
+}
+
+/// The writer thread: queued commands (appends in sync mode, control
+/// operations, wake-ups), timers (batched fsync, checkpoints, segment
+/// age), and the final checkpoint when the last handle goes away.
+pub(crate) fn run(core: Core, rx: Receiver<Command>) {
+    // A crash between filling a segment and opening the next one leaves a
+    // full segment; seal it before taking new records.
+    let mut timeout = match tick_unlocked(&core) {
+        Some(timeout) => timeout,
+        None => return,
+    };
+    loop {
+        let first = match rx.recv_timeout(timeout) {
+            Ok(cmd) => Some(cmd),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => {
+                if let Ok(mut guard) = lock(&core)
+                    && let Some(mut writer) = guard.take()
+                {
+                    let _ = writer.finish();
+                }
+                return;
+            }
+        };
+        if let Some(first) = first {
+            let Ok(mut guard) = lock(&core) else { return };
+            let Some(writer) = guard.as_mut() else { return };
+            if writer.handle(first, &rx) {
+                // Shut down: dropping the writer closes its files and
+                // releases the directory lock.
+                *guard = None;
+                return;
+            }
+        }
+        timeout = match tick_unlocked(&core) {
+            Some(timeout) => timeout,
+            None => return,
+        };
+    }
+}
+
+/// Runs the timers. A due batched fsync runs without the lock held, so
+/// that appends (written by their callers in batched mode) are not held up
+/// by the disk. Returns how long the thread may sleep, or `None` once the
+/// writer is gone.
+fn tick_unlocked(core: &Mutex<Option<Writer>>) -> Option<Duration> {
+    let mut guard = lock(core).ok()?;
+    let Some(job) = guard.as_mut()?.tick() else {
+        return Some(guard.as_ref()?.next_timeout());
+    };
+    drop(guard);
+    let started = Instant::now();
+    let result = job.file.sync_data();
+    if result.is_ok() {
+        let took = started.elapsed();
+        job.shared.stats.note_fsync(took);
+        if let Some(observe) = &job.on_fsync {
+            observe(took);
+        }
+    }
+    let mut guard = lock(core).ok()?;
+    let writer = guard.as_mut()?;
+    writer.synced(&job, result);
+    Some(writer.next_timeout())
+}
+
+/// A batched-mode fdatasync, run without the writer's lock.
+pub(crate) struct SyncJob {
+    /// A duplicate of the open segment's descriptor.
+    file: File,
+    path: PathBuf,
+    /// The segment, by its first sequence number.
+    first_seq: u64,
+    /// Bytes written to it when the job was made.
+    len: u64,
+    made: Instant,
+    shared: Arc<Shared>,
+    on_fsync: Option<FsyncObserver>,
+}
+
 impl Writer {
-    pub(crate) fn run(mut self, rx: Receiver<Command>) {
-        // A crash between filling a segment and opening the next one
-        // leaves a full segment; seal it before taking new records.
-        self.tick();
-        loop {
-            let first = match rx.recv_timeout(self.next_timeout()) {
-                Ok(cmd) => cmd,
-                Err(RecvTimeoutError::Timeout) => {
-                    self.tick();
-                    continue;
+    /// Handles `first` and everything queued behind it (up to
+    /// [`MAX_GROUP`]) as one group commit. Returns `true` on shutdown.
+    fn handle(&mut self, first: Command, rx: &Receiver<Command>) -> bool {
+        self.adopt_failure();
+        let mut next = Some(first);
+        let mut handled = 0;
+        while let Some(cmd) = next.take() {
+            match cmd {
+                Command::Append {
+                    record,
+                    prefix,
+                    reply,
+                } => {
+                    self.shared.depth.fetch_sub(1, Relaxed);
+                    self.stage(&record, Some(prefix), Some(reply));
                 }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let _ = self.finish();
-                    return;
+                Command::Wake => {}
+                Command::Shutdown { reply } => {
+                    let _ = reply.send(self.finish());
+                    return true;
                 }
-            };
-            self.adopt_failure();
-            let mut next = Some(first);
-            let mut handled = 0;
-            while let Some(cmd) = next.take() {
-                match cmd {
-                    Command::Append {
-                        record,
-                        prefix,
-                        reply,
-                    } => {
-                        self.shared.depth.fetch_sub(1, Relaxed);
-                        self.stage(&record, Some(prefix), Some(reply));
-                    }
-                    Command::Shutdown { reply } => {
-                        let _ = reply.send(self.finish());
-                        return;
-                    }
-                    Command::Checkpoint { reply } => {
-                        let _ = reply.send(self.checkpoint(None));
-                    }
-                    Command::RotateKey { reply } => {
-                        let result = self.rotate();
-                        let _ = reply.send(result);
-                    }
-                    Command::Purge { cutoff, reply } => {
-                        let result = self.purge(cutoff);
-                        let _ = reply.send(result);
-                    }
+                Command::Checkpoint { reply } => {
+                    let _ = reply.send(self.checkpoint(None));
                 }
-                handled += 1;
-                if handled < MAX_GROUP {
-                    next = rx.try_recv().ok();
+                Command::RotateKey { reply } => {
+                    let result = self.rotate();
+                    let _ = reply.send(result);
+                }
+                Command::Purge { cutoff, reply } => {
+                    let result = self.purge(cutoff);
+                    let _ = reply.send(result);
                 }
             }
-            self.commit();
-            self.tick();
+            handled += 1;
+            if handled < MAX_GROUP {
+                next = rx.try_recv().ok();
+            }
         }
+        self.commit();
+        false
+    }
+
+    /// Batched mode: writes one record on the caller's thread, under the
+    /// lock, instead of handing it to the writer thread and back. The
+    /// record is in the page cache when this returns (a process crash
+    /// cannot lose it); the writer thread fsyncs within `max_delay`.
+    /// Returns the result and whether the writer thread must be woken (a
+    /// new unsynced window began, or a checkpoint is due by count).
+    pub(crate) fn append_here(
+        &mut self,
+        record: &PreEncoded,
+        prefix: LeafHasher,
+    ) -> (Result<Appended, LedgerError>, bool) {
+        if self.shared.closed.load(Relaxed) {
+            return (Err(LedgerError::ShutDown), false);
+        }
+        self.adopt_failure();
+        let (reply, mut rx) = oneshot::channel();
+        let was_synced = self.unsynced_since.is_none();
+        self.stage(record, Some(prefix), Some(reply));
+        self.commit();
+        let signed = self.cp_size.unwrap_or(0);
+        let wake = (was_synced && self.unsynced_since.is_some())
+            || self.frontier.size().saturating_sub(signed) == self.every_records;
+        let result = rx.try_recv().unwrap_or_else(|_| {
+            Err(self.unavailable().unwrap_or(LedgerError::Unavailable {
+                reason: "the record was not written".into(),
+            }))
+        });
+        (result, wake)
+    }
+
+    /// Takes the outcome of a [`SyncJob`].
+    fn synced(&mut self, job: &SyncJob, result: std::io::Result<()>) {
+        if let Err(e) = result {
+            self.fail(LedgerError::io("fsync", &job.path, e));
+            return;
+        }
+        if self.seg.first_seq != job.first_seq {
+            // Sealed meanwhile: sealing synced that segment, and the new
+            // one keeps its own unsynced window.
+            return;
+        }
+        self.unsynced_since = if self.seg.len == job.len {
+            None
+        } else {
+            // Written after the job was made: unsynced since then at most.
+            Some(job.made)
+        };
     }
 
     fn unavailable(&self) -> Option<LedgerError> {
@@ -464,19 +606,13 @@ impl Writer {
         }
     }
 
-    /// Runs the timers: batched fsync, periodic checkpoints, segment age.
-    fn tick(&mut self) {
+    /// Runs the timers: periodic checkpoints and segment age. Returns the
+    /// batched fsync that is due, for the caller to run without the lock.
+    fn tick(&mut self) -> Option<SyncJob> {
         if self.failed.is_some() {
-            return;
+            return None;
         }
         let now = Instant::now();
-        if let (Some(since), Durability::Batched { max_delay }) =
-            (self.unsynced_since, self.durability)
-            && now.duration_since(since) >= max_delay
-            && self.sync().is_err()
-        {
-            return;
-        }
         let size = self.frontier.size();
         let signed = self.cp_size.unwrap_or(0);
         if size > signed
@@ -488,6 +624,30 @@ impl Writer {
             && (self.seg.len >= self.seg_max_bytes || self.segment_expired(self.now_ts()))
         {
             self.seal();
+        }
+        let (Some(since), Durability::Batched { max_delay }) =
+            (self.unsynced_since, self.durability)
+        else {
+            return None;
+        };
+        if self.failed.is_some() || now.duration_since(since) < max_delay {
+            return None;
+        }
+        match self.seg.file.try_clone() {
+            Ok(file) => Some(SyncJob {
+                file,
+                path: self.seg.path.clone(),
+                first_seq: self.seg.first_seq,
+                len: self.seg.len,
+                made: now,
+                shared: Arc::clone(&self.shared),
+                on_fsync: self.on_fsync.clone(),
+            }),
+            Err(e) => {
+                let err = LedgerError::io("dup", &self.seg.path, e);
+                self.fail(err);
+                None
+            }
         }
     }
 

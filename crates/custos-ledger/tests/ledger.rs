@@ -543,3 +543,174 @@ async fn an_io_error_stops_the_writer_and_fails_closed() {
     assert!(err.retry_after().is_some());
     assert!(ledger.checkpoint().await.is_err());
 }
+
+fn batched(max_delay: Duration) -> custos_ledger::LedgerOptions {
+    let mut o = options(1);
+    o.durability = Durability::Batched { max_delay };
+    o
+}
+
+/// Batched mode: the appending thread writes its own record, so its ticket
+/// is resolved when `append` returns and the line is already in the file;
+/// the writer thread fsyncs within `max_delay`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_appends_are_written_by_their_callers() {
+    let tmp = TempDir::new("batched-here");
+    let clock = clock();
+    let fsyncs = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut o = batched(Duration::from_millis(20));
+    let seen = fsyncs.clone();
+    o.on_fsync = Some(std::sync::Arc::new(move |_| {
+        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }));
+    let (ledger, _) = open(&tmp.ledger(), o, clock.clone());
+    let ledger = std::sync::Arc::new(ledger);
+    let ticket = ledger.append(request(0)).unwrap();
+    // Written before `append` returned: the file has the line already.
+    let text = fs::read_to_string(&segment_files(&tmp.ledger())[0]).unwrap();
+    assert!(text.contains("\"req-0\""), "{text}");
+    assert_eq!(ticket.wait().unwrap().seq, 0);
+    // The writer thread syncs the window without any further append.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while fsyncs.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no fsync of the batched window"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // Many appending threads at once, with checkpoints interleaved.
+    let mut tasks = Vec::new();
+    for t in 0..8u64 {
+        let ledger = ledger.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..250 {
+                let ticket = ledger.append(request(1 + t * 1000 + i)).unwrap();
+                seqs.push(ticket.await.unwrap().seq);
+                if i % 100 == 99 {
+                    ledger.checkpoint().await.unwrap();
+                }
+            }
+            seqs
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..2001).collect::<Vec<_>>());
+    let stats = ledger.stats().snapshot();
+    assert_eq!(stats.appended, 2001);
+    assert!(
+        stats.fsyncs < stats.appended / 2,
+        "batched mode synced nearly every record: {stats:?}"
+    );
+    assert_eq!(ledger.shutdown().await.unwrap(), 2001);
+    drop(ledger);
+    // Reopening checks that the records reproduce the signed checkpoints.
+    let (ledger, report) = open(&tmp.ledger(), options(1), clock);
+    assert!(!report.was_unclean(), "{report:?}");
+    assert_eq!(report.tree_size, 2001);
+    let text: String = segment_files(&tmp.ledger())
+        .iter()
+        .map(|f| fs::read_to_string(f).unwrap())
+        .collect();
+    let leaves: Vec<_> = text.lines().map(|l| leaf_hash(l.as_bytes())).collect();
+    assert_eq!(leaves.len(), 2001);
+    let (size, note) = LedgerReader::open(&tmp.ledger())
+        .latest_checkpoint()
+        .unwrap()
+        .unwrap();
+    let cp = Checkpoint::parse(
+        open_note(note.as_bytes(), &[verifier(&tmp.ledger())])
+            .unwrap()
+            .body(),
+    )
+    .unwrap();
+    assert_eq!((size, *cp.root()), (2001, root(&leaves)));
+    ledger.shutdown().await.unwrap();
+}
+
+/// The batched fsync runs on the writer thread without the writer's lock:
+/// appends go on while the disk is slow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_appends_do_not_wait_for_a_slow_fsync() {
+    let tmp = TempDir::new("batched-slow-fsync");
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let release_rx = std::sync::Mutex::new(release_rx);
+    let mut o = batched(Duration::from_millis(1));
+    // Hold the writer thread inside its first fsync.
+    let first = std::sync::atomic::AtomicBool::new(true);
+    o.on_fsync = Some(std::sync::Arc::new(move |_| {
+        if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            let _ = entered_tx.send(());
+            let _ = release_rx.lock().unwrap().recv();
+        }
+    }));
+    let (ledger, _) = open(&tmp.ledger(), o, clock());
+    ledger.append(request(0)).unwrap().await.unwrap();
+    tokio::task::spawn_blocking(move || entered_rx.recv().unwrap())
+        .await
+        .unwrap();
+    // The writer thread is stuck in its fsync; appends still complete.
+    for i in 1..=50 {
+        let appended =
+            tokio::time::timeout(Duration::from_secs(5), ledger.append(request(i)).unwrap())
+                .await
+                .expect("a batched append waited for the writer thread's fsync")
+                .unwrap();
+        assert_eq!(appended.seq, i);
+    }
+    release_tx.send(()).unwrap();
+    assert_eq!(ledger.checkpoint().await.unwrap(), 51);
+    ledger.shutdown().await.unwrap();
+}
+
+/// Sealing and a failing seal behave the same when appends are written by
+/// their callers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_appends_seal_segments_and_fail_closed() {
+    let tmp = TempDir::new("batched-seal");
+    let clock = clock();
+    let mut o = batched(Duration::from_millis(5));
+    o.segment_max_bytes = 2048;
+    let (ledger, _) = open(&tmp.ledger(), o, clock.clone());
+    append_n(&ledger, &clock, 0, 40).await;
+    let files = segment_files(&tmp.ledger());
+    assert!(files.len() >= 4, "{files:?}");
+    // The next segments cannot be created: sealing fails and the ledger
+    // refuses everything after.
+    let mut first_free = 0;
+    for f in &files {
+        let name = f.file_name().unwrap().to_str().unwrap();
+        first_free = first_free.max(name[..20].parse::<u64>().unwrap());
+    }
+    for n in first_free + 1..first_free + 40 {
+        let path = tmp.ledger().join(format!("segments/{n:020}.jsonl"));
+        std::os::unix::fs::symlink("/nonexistent/custos", &path).unwrap();
+    }
+    let mut failure = None;
+    for i in 40..100 {
+        match ledger.append(request(i)) {
+            Ok(ticket) => {
+                if let Err(e) = ticket.await {
+                    failure = Some(e);
+                    break;
+                }
+            }
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    let failure = failure.expect("sealing into an existing path must fail");
+    assert!(failure.to_string().contains("File exists"), "{failure}");
+    assert!(!ledger.status().healthy);
+    let err = ledger.append(request(999)).unwrap_err();
+    assert!(matches!(err, LedgerError::Unavailable { .. }), "{err}");
+}
