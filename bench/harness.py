@@ -16,8 +16,9 @@ Scenarios:
 
   c1      wrk, 1 connection, closed loop: latency of one request at a time
   c64     wrk, 64 connections, closed loop: throughput
-  stream  loadgen, closed loop, --stream-connections connections, SSE answers:
-          time to the first event (TTFT) and to the end of the stream
+  stream1 loadgen, closed loop, 1 connection, SSE answers: time to the first
+          event (TTFT) and to the end of the stream, one stream at a time
+  stream  the same with --stream-connections connections (throughput)
   rate    loadgen, open loop at --rate requests/s: latency percentiles measured
           from each request's intended send time (no coordinated omission)
 
@@ -52,7 +53,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 FIXTURES = os.path.join(HERE, "fixtures")
 ALL_TARGETS = ["direct", "custos-sync", "custos-batched", "litellm", "portkey"]
-ALL_SCENARIOS = ["c1", "c64", "stream", "rate"]
+ALL_SCENARIOS = ["c1", "c64", "stream1", "stream", "rate"]
 PEERS = {"litellm", "portkey"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 BENCH_CACHE = os.environ.get("BENCH_CACHE", os.path.expanduser("~/.cache/custos-bench"))
@@ -784,6 +785,8 @@ def run_scenario(run: Run, t: Target, scenario: str, duration: float) -> dict:
         return run_wrk(t, 1, duration)
     if scenario == "c64":
         return run_wrk(t, 64, duration)
+    if scenario == "stream1":
+        return run_loadgen(run, t, ["--mode", "closed", "--connections", "1"], True, duration)
     if scenario == "stream":
         return run_loadgen(run, t, ["--mode", "closed", "--connections", str(a.stream_connections)],
                            True, duration)
@@ -852,7 +855,7 @@ def measure(run: Run, t: Target, scenario: str, duration: float, profile: bool) 
         raise RuntimeError(f"no successful answer in {res.get('requests', 0)} requests "
                            f"({json.dumps(res.get('error_kinds'))}"
                            f"{'; ' + res['first_io_error'] if res.get('first_io_error') else ''}); "
-                           + t.probe(scenario == "stream"))
+                           + t.probe(scenario.startswith("stream")))
     return res
 
 
@@ -863,6 +866,8 @@ def scenario_label(s: str, args) -> str:
     return {
         "c1": "c1 (1 conn)",
         "c64": "c64 (64 conns)",
+        "stream1": "stream TTFT (1 conn)",
+        "stream1_total": "stream total (1 conn)",
         "stream": f"stream TTFT ({args.stream_connections} conns)",
         "stream_total": f"stream total ({args.stream_connections} conns)",
         "rate": f"rate {args.rate:g}/s (open loop)",
@@ -878,9 +883,9 @@ def rows_for(results: dict, args) -> list[tuple[str, str, dict | None, str | Non
             if "failed" in r:
                 rows.append((tname, s, None, r["failed"]))
                 continue
-            if s == "stream":
-                rows.append((tname, "stream", dict(r, lat=r["ttft_us"]), None))
-                rows.append((tname, "stream_total", dict(r, lat=r["latency_us"]), None))
+            if s in ("stream", "stream1"):
+                rows.append((tname, s, dict(r, lat=r["ttft_us"]), None))
+                rows.append((tname, s + "_total", dict(r, lat=r["latency_us"]), None))
             else:
                 rows.append((tname, s, dict(r, lat=r["latency_us"]), None))
     return rows
@@ -1033,7 +1038,7 @@ def parse_args(argv):
     p.add_argument("--stream-connections", type=int, default=8, help="connections of the stream scenario")
     p.add_argument("--warmup", type=float, help="seconds of unmeasured load before each target (default 2, quick 0.5)")
     p.add_argument("--profile", action="store_true",
-                   help="perf record each Custos target during c64 (needs perf); data under bench/out/")
+                   help="perf record each Custos target during each scenario (needs perf); data under bench/out/")
     p.add_argument("--no-install", action="store_true", help="never run bench/install.sh for peers")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (configs, logs)")
     p.add_argument("--out-dir", default=os.path.join(HERE, "out"))
@@ -1100,7 +1105,7 @@ def main(argv) -> int:
             for s in args.scenarios:
                 log(f"{name}: {s} for {args.duration:g} s")
                 try:
-                    prof = args.profile and name.startswith("custos-") and s == "c64"
+                    prof = args.profile and name.startswith("custos-")
                     r = measure(run, t, s, args.duration, prof)
                     tres["scenarios"][s] = r
                     if (name == "direct" or name.startswith("custos-")) and r["errors"] > 0.01 * r["requests"]:
