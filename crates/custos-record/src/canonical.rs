@@ -414,15 +414,22 @@ fn string(out: &mut Vec<u8>, s: &str) {
 }
 
 /// Whether any of the eight bytes of `w` is a control character (below
-/// 0x20), `"` or `\`. Classic SWAR zero-byte tests; false positives are
-/// impossible for these three.
+/// 0x20), `"` or `\`.
 fn needs_escape(w: u64) -> bool {
+    escape_mask(w) != 0
+}
+
+/// The high bit of each byte of `w` (little-endian) that may be a control
+/// character (below 0x20), `"` or `\`. Classic SWAR zero-byte tests: a
+/// borrow can flag a byte above a true match, but never one below it, so
+/// the mask is zero exactly when no byte matches, and its lowest set bit
+/// always marks the first matching byte.
+pub(crate) fn escape_mask(w: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
     let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
     below_space | has_zero(w ^ (ONES * u64::from(b'"'))) | has_zero(w ^ (ONES * u64::from(b'\\')))
-        != 0
 }
 
 #[cfg(test)]

@@ -86,7 +86,7 @@ fn name(field: &str, value: &str) -> Result<(), RecordError> {
     }
 }
 
-fn text_max(field: &str, value: &str, max: usize) -> Result<(), RecordError> {
+pub(crate) fn text_max(field: &str, value: &str, max: usize) -> Result<(), RecordError> {
     if value.is_empty() {
         return Err(invalid(field, "must not be empty (omit it instead)"));
     }
@@ -128,7 +128,7 @@ fn looks_secret(value: &str) -> bool {
             .is_some_and(|p| p.eq_ignore_ascii_case("bearer "))
 }
 
-fn map_key(field: &str, key: &str) -> Result<(), RecordError> {
+pub(crate) fn map_key(field: &str, key: &str) -> Result<(), RecordError> {
     if !is_valid_name(key) {
         return Err(invalid(
             format!("{field}.{key}"),
@@ -180,13 +180,28 @@ impl RecordBody {
     }
 }
 
-fn validate_inference(r: &Inference) -> Result<(), RecordError> {
-    let id_ok = !r.request_id.is_empty()
-        && r.request_id.len() <= MAX_REQUEST_ID_BYTES
-        && r.request_id
+/// Whether `id` matches `[A-Za-z0-9._:-]{1,128}`, the rule for request IDs.
+pub(crate) fn request_id_ok(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_REQUEST_ID_BYTES
+        && id
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
-    if !id_ok {
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// Whether `method` matches `[A-Z]{1,16}`.
+pub(crate) fn method_ok(method: &str) -> bool {
+    !method.is_empty() && method.len() <= 16 && method.bytes().all(|b| b.is_ascii_uppercase())
+}
+
+/// The path rules beyond those of any text: a leading `/` and no query
+/// string or fragment.
+pub(crate) fn path_ok(path: &str) -> bool {
+    path.starts_with('/') && !path.contains(['?', '#'])
+}
+
+fn validate_inference(r: &Inference) -> Result<(), RecordError> {
+    if !request_id_ok(&r.request_id) {
         return Err(invalid("request_id", "must match [A-Za-z0-9._:-]{1,128}"));
     }
     if let Some(actor) = &r.actor {
@@ -199,17 +214,14 @@ fn validate_inference(r: &Inference) -> Result<(), RecordError> {
         opt_text("client.user_agent", client.user_agent.as_ref())?;
     }
     name("endpoint", &r.endpoint)?;
-    let method_ok = !r.method.is_empty()
-        && r.method.len() <= 16
-        && r.method.bytes().all(|b| b.is_ascii_uppercase());
-    if !method_ok {
+    if !method_ok(&r.method) {
         return Err(invalid("method", "must match [A-Z]{1,16}"));
     }
     text("path", &r.path)?;
     if !r.path.starts_with('/') {
         return Err(invalid("path", "must start with '/'"));
     }
-    if r.path.contains(['?', '#']) {
+    if !path_ok(&r.path) {
         // Query strings can carry credentials; the gateway strips them.
         return Err(invalid(
             "path",
