@@ -220,6 +220,8 @@ pub(crate) fn serde_decode(bytes: &[u8]) -> Result<Record, RecordError> {
 }
 
 thread_local! {
+    /// [`PreEncoded::new`]'s encoding buffer, reused across calls.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     /// [`serde_decode`]'s buffer for the re-encoding, reused across calls.
     static REENCODED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -251,15 +253,15 @@ impl PreEncoded {
     /// As [`RecordBody::validate`].
     pub fn new(body: RecordBody) -> Result<Self, RecordError> {
         body.validate()?;
-        let record = Record {
-            seq: 0,
-            ts: Timestamp::EPOCH,
-            body,
-        };
-        let mut bytes = Vec::with_capacity(384);
+        // Encoded into a reused per-thread buffer and then copied into one
+        // allocation of the right size: cheaper than growing a guessed one.
         // The encoder reports where it put the two values, so nothing has
         // to search for the placeholders.
-        let placed = crate::canonical::write_record(&record, &mut bytes);
+        let (bytes, placed) = SCRATCH.with_borrow_mut(|buf| {
+            buf.clear();
+            let placed = crate::canonical::write_parts(0, Timestamp::EPOCH, &body, buf);
+            (buf.clone(), placed)
+        });
         Ok(PreEncoded {
             bytes,
             seq_at: placed.seq_at,
