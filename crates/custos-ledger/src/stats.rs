@@ -3,7 +3,8 @@
 //! metrics dependency here.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::time::{Duration, Instant};
 
 /// Monotonic counters of the writer's work. Read them with
@@ -142,12 +143,21 @@ impl Shared {
     }
 
     pub(crate) fn set_failed(&self, reason: String) {
-        self.healthy.store(false, Relaxed);
-        let mut last = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
-        last.get_or_insert(reason);
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(reason);
+        // Published after the reason, so that `failure` may skip the lock
+        // while this is still true.
+        self.healthy.store(false, Release);
     }
 
     pub(crate) fn failure(&self) -> Option<String> {
+        // Every append asks; while the ledger is healthy one load answers,
+        // instead of a lock that all callers' cores would contend for.
+        if self.healthy.load(Acquire) {
+            return None;
+        }
         self.last_error
             .lock()
             .unwrap_or_else(|e| e.into_inner())

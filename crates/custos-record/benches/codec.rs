@@ -1,6 +1,6 @@
 //! Criterion benchmarks of the per-record hot paths: canonical encoding
 //! (the writer does it for every append) and strict decoding (the
-//! verifier does it for every stored record).
+//! verifier does it for every stored record, in place with `decode_view`).
 #![expect(
     missing_docs,
     reason = "criterion_group! generates an undocumented pub fn"
@@ -11,7 +11,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use custos_record::sample::inference_record;
-use custos_record::{decode, encode_into};
+use custos_record::{decode, decode_view, encode_into};
 
 fn bench_codec(c: &mut Criterion) {
     let record = inference_record(0, 123_456);
@@ -29,6 +29,9 @@ fn bench_codec(c: &mut Criterion) {
     });
     group.bench_function("decode_inference", |b| {
         b.iter(|| decode(black_box(&bytes)).unwrap());
+    });
+    group.bench_function("decode_view_inference", |b| {
+        b.iter(|| decode_view(black_box(&bytes)).unwrap().seq());
     });
     group.bench_function("validate_inference", |b| {
         b.iter(|| black_box(&record.body).validate().unwrap());

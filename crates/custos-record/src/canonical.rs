@@ -17,6 +17,17 @@ use crate::schema::{
 };
 use crate::time::Timestamp;
 
+/// `,"name":`, the text of a schema key after a previous member.
+macro_rules! k {
+    ($name:literal) => {
+        Key(concat!(",\"", $name, "\":"))
+    };
+}
+
+/// A schema key as [`k!`] writes it; only that macro makes one.
+#[derive(Clone, Copy)]
+struct Key(&'static str);
+
 /// Where [`write_record`] wrote the top-level `seq` and `ts` values.
 pub(crate) struct Placed {
     /// Offset in `out` of the first digit of `seq`.
@@ -28,7 +39,13 @@ pub(crate) struct Placed {
 /// Appends the canonical encoding of `record` to `out`, and says where the
 /// ledger-assigned values went.
 pub(crate) fn write_record(record: &Record, out: &mut Vec<u8>) -> Placed {
-    let Record { seq, ts, body } = record;
+    write_parts(record.seq, record.ts, &record.body, out)
+}
+
+/// [`write_record`] for a record given as its parts, so that a body need
+/// not be moved into a [`Record`] to be encoded.
+pub(crate) fn write_parts(seq: u64, ts: Timestamp, body: &RecordBody, out: &mut Vec<u8>) -> Placed {
+    let (seq, ts) = (&seq, &ts);
     let mut placed = Placed {
         seq_at: 0,
         ts_at: 0,
@@ -57,38 +74,38 @@ pub(crate) fn write_record(record: &Record, out: &mut Vec<u8>) -> Placed {
                 ttfb_us,
             } = r;
             if let Some(a) = actor {
-                m.key("actor");
+                m.key(k!("actor"));
                 key_actor(m.out, a);
             }
             if !attempts.is_empty() {
-                m.key("attempts");
+                m.key(k!("attempts"));
                 attempt_list(m.out, attempts);
             }
             if let Some(c) = client {
-                m.key("client");
+                m.key(k!("client"));
                 client_obj(m.out, c);
             }
-            m.str("endpoint", endpoint);
-            m.opt_str("error_code", error_code.as_deref());
-            m.str("event", event);
-            m.uint("latency_us", *latency_us);
-            m.str("method", method);
-            m.opt_str("model_requested", model_requested.as_deref());
-            m.opt_str("model_served", model_served.as_deref());
-            m.str("path", path);
-            m.opt_str("provider", provider.as_deref());
-            m.str("request_id", request_id);
+            m.str(k!("endpoint"), endpoint);
+            m.opt_str(k!("error_code"), error_code.as_deref());
+            m.str(k!("event"), event);
+            m.uint(k!("latency_us"), *latency_us);
+            m.str(k!("method"), method);
+            m.opt_str(k!("model_requested"), model_requested.as_deref());
+            m.opt_str(k!("model_served"), model_served.as_deref());
+            m.str(k!("path"), path);
+            m.opt_str(k!("provider"), provider.as_deref());
+            m.str(k!("request_id"), request_id);
             placed.seq_at = m.seq(*seq);
-            m.uint("status", u64::from(*status));
-            m.bool("stream", *stream);
+            m.uint(k!("status"), u64::from(*status));
+            m.bool(k!("stream"), *stream);
             placed.ts_at = m.ts(*ts);
             if let Some(t) = ttfb_us {
-                m.uint("ttfb_us", *t);
+                m.uint(k!("ttfb_us"), *t);
             }
-            m.str("type", RecordType::Inference.as_str());
-            m.opt_str("upstream_request_id", upstream_request_id.as_deref());
+            m.str(k!("type"), RecordType::Inference.as_str());
+            m.opt_str(k!("upstream_request_id"), upstream_request_id.as_deref());
             if let Some(u) = usage {
-                m.key("usage");
+                m.key(k!("usage"));
                 usage_obj(m.out, u);
             }
         }
@@ -101,36 +118,36 @@ pub(crate) fn write_record(record: &Record, out: &mut Vec<u8>) -> Placed {
                 changes,
                 reason,
             } = r;
-            m.str("action", action);
-            m.key("actor");
+            m.str(k!("action"), action);
+            m.key(k!("actor"));
             admin_actor(m.out, actor);
             if !changes.is_empty() {
-                m.key("changes");
+                m.key(k!("changes"));
                 change_map(m.out, changes);
             }
-            m.str("event", event);
-            m.opt_str("reason", reason.as_deref());
+            m.str(k!("event"), event);
+            m.opt_str(k!("reason"), reason.as_deref());
             placed.seq_at = m.seq(*seq);
             if let Some(t) = target {
-                m.key("target");
+                m.key(k!("target"));
                 target_obj(m.out, t);
             }
             placed.ts_at = m.ts(*ts);
-            m.str("type", RecordType::Admin.as_str());
+            m.str(k!("type"), RecordType::Admin.as_str());
         }
         RecordBody::System(r) => {
             let System { event, details } = r;
             if !details.is_empty() {
-                m.key("details");
+                m.key(k!("details"));
                 scalar_map(m.out, details);
             }
-            m.str("event", event);
+            m.str(k!("event"), event);
             placed.seq_at = m.seq(*seq);
             placed.ts_at = m.ts(*ts);
-            m.str("type", RecordType::System.as_str());
+            m.str(k!("type"), RecordType::System.as_str());
         }
     }
-    m.uint("v", SCHEMA_VERSION);
+    m.uint(k!("v"), SCHEMA_VERSION);
     m.close();
     placed
 }
@@ -147,15 +164,14 @@ impl<'a> Obj<'a> {
         Obj { out, first: true }
     }
 
-    /// A key: one of the schema's own names, which need no escaping.
-    fn key(&mut self, key: &str) {
-        if !self.first {
-            self.out.push(b',');
-        }
+    /// A key: one of the schema's own names, which need no escaping,
+    /// written by [`k!`] with its comma, quotes and colon so that it is
+    /// one copy.
+    fn key(&mut self, key: Key) {
+        let bytes = key.0.as_bytes();
+        let bytes = if self.first { &bytes[1..] } else { bytes };
         self.first = false;
-        self.out.push(b'"');
-        self.out.extend_from_slice(key.as_bytes());
-        self.out.extend_from_slice(b"\":");
+        self.out.extend_from_slice(bytes);
     }
 
     /// A key from data (a `changes` or `details` name), escaped.
@@ -168,25 +184,25 @@ impl<'a> Obj<'a> {
         self.out.push(b':');
     }
 
-    fn str(&mut self, key: &str, value: &str) {
+    fn str(&mut self, key: Key, value: &str) {
         self.key(key);
         string(self.out, value);
     }
 
-    fn opt_str(&mut self, key: &str, value: Option<&str>) {
+    fn opt_str(&mut self, key: Key, value: Option<&str>) {
         if let Some(v) = value {
             self.str(key, v);
         }
     }
 
-    fn uint(&mut self, key: &str, value: u64) {
+    fn uint(&mut self, key: Key, value: u64) {
         self.key(key);
         uint(self.out, value);
     }
 
     /// The top-level `seq`; returns the offset of its first digit.
     fn seq(&mut self, seq: u64) -> usize {
-        self.key("seq");
+        self.key(k!("seq"));
         let at = self.out.len();
         uint(self.out, seq);
         at
@@ -194,16 +210,21 @@ impl<'a> Obj<'a> {
 
     /// The top-level `ts`; returns the offset of its text.
     fn ts(&mut self, ts: Timestamp) -> usize {
-        self.key("ts");
+        self.key(k!("ts"));
         // The canonical timestamp text needs no escaping.
         self.out.push(b'"');
         let at = self.out.len();
-        self.out.extend_from_slice(&ts.to_canonical());
+        if ts == Timestamp::EPOCH {
+            // The placeholder of every pre-encoded record.
+            self.out.extend_from_slice(b"1970-01-01T00:00:00.000000Z");
+        } else {
+            self.out.extend_from_slice(&ts.to_canonical());
+        }
         self.out.push(b'"');
         at
     }
 
-    fn bool(&mut self, key: &str, value: bool) {
+    fn bool(&mut self, key: Key, value: bool) {
         self.key(key);
         self.out
             .extend_from_slice(if value { b"true" } else { b"false" });
@@ -216,20 +237,20 @@ impl<'a> Obj<'a> {
 
 fn key_actor(out: &mut Vec<u8>, a: &KeyActor) {
     let mut m = Obj::open(out);
-    m.opt_str("key_id", a.key_id.as_deref());
-    m.opt_str("key_name", a.key_name.as_deref());
-    m.opt_str("owner", a.owner.as_deref());
-    m.opt_str("team", a.team.as_deref());
+    m.opt_str(k!("key_id"), a.key_id.as_deref());
+    m.opt_str(k!("key_name"), a.key_name.as_deref());
+    m.opt_str(k!("owner"), a.owner.as_deref());
+    m.opt_str(k!("team"), a.team.as_deref());
     m.close();
 }
 
 fn client_obj(out: &mut Vec<u8>, c: &Client) {
     let mut m = Obj::open(out);
     if let Some(ip) = &c.ip {
-        m.key("ip");
+        m.key(k!("ip"));
         ip_addr(m.out, ip);
     }
-    m.opt_str("user_agent", c.user_agent.as_deref());
+    m.opt_str(k!("user_agent"), c.user_agent.as_deref());
     m.close();
 }
 
@@ -240,12 +261,12 @@ fn attempt_list(out: &mut Vec<u8>, attempts: &[Attempt]) {
             out.push(b',');
         }
         let mut m = Obj::open(out);
-        m.uint("duration_us", a.duration_us);
-        m.opt_str("error", a.error.as_deref());
-        m.str("model", &a.model);
-        m.str("provider", &a.provider);
+        m.uint(k!("duration_us"), a.duration_us);
+        m.opt_str(k!("error"), a.error.as_deref());
+        m.str(k!("model"), &a.model);
+        m.str(k!("provider"), &a.provider);
         if let Some(s) = a.status {
-            m.uint("status", u64::from(s));
+            m.uint(k!("status"), u64::from(s));
         }
         m.close();
     }
@@ -254,30 +275,30 @@ fn attempt_list(out: &mut Vec<u8>, attempts: &[Attempt]) {
 
 fn usage_obj(out: &mut Vec<u8>, u: &Usage) {
     let mut m = Obj::open(out);
-    m.uint("completion_tokens", u.completion_tokens);
-    m.uint("prompt_tokens", u.prompt_tokens);
+    m.uint(k!("completion_tokens"), u.completion_tokens);
+    m.uint(k!("prompt_tokens"), u.prompt_tokens);
     m.str(
-        "source",
+        k!("source"),
         match u.source {
             UsageSource::Upstream => "upstream",
             UsageSource::Estimated => "estimated",
         },
     );
-    m.uint("total_tokens", u.total_tokens);
+    m.uint(k!("total_tokens"), u.total_tokens);
     m.close();
 }
 
 fn admin_actor(out: &mut Vec<u8>, a: &AdminActor) {
     let mut m = Obj::open(out);
     if let Some(ip) = &a.ip {
-        m.key("ip");
+        m.key(k!("ip"));
         ip_addr(m.out, ip);
     }
-    m.bool("mfa", a.mfa);
-    m.str("role", &a.role);
-    m.str("user", &a.user);
+    m.bool(k!("mfa"), a.mfa);
+    m.str(k!("role"), &a.role);
+    m.str(k!("user"), &a.user);
     m.str(
-        "via",
+        k!("via"),
         match a.via {
             Via::Console => "console",
             Via::Api => "api",
@@ -289,8 +310,8 @@ fn admin_actor(out: &mut Vec<u8>, a: &AdminActor) {
 
 fn target_obj(out: &mut Vec<u8>, t: &Target) {
     let mut m = Obj::open(out);
-    m.str("id", &t.id);
-    m.str("kind", &t.kind);
+    m.str(k!("id"), &t.id);
+    m.str(k!("kind"), &t.kind);
     m.close();
 }
 
@@ -300,11 +321,11 @@ fn change_map(out: &mut Vec<u8>, changes: &BTreeMap<String, Change>) {
         m.data_key(key);
         let mut c = Obj::open(m.out);
         if let Some(v) = &change.after {
-            c.key("after");
+            c.key(k!("after"));
             scalar(c.out, v);
         }
         if let Some(v) = &change.before {
-            c.key("before");
+            c.key(k!("before"));
             scalar(c.out, v);
         }
         c.close();
@@ -414,15 +435,22 @@ fn string(out: &mut Vec<u8>, s: &str) {
 }
 
 /// Whether any of the eight bytes of `w` is a control character (below
-/// 0x20), `"` or `\`. Classic SWAR zero-byte tests; false positives are
-/// impossible for these three.
+/// 0x20), `"` or `\`.
 fn needs_escape(w: u64) -> bool {
+    escape_mask(w) != 0
+}
+
+/// The high bit of each byte of `w` (little-endian) that may be a control
+/// character (below 0x20), `"` or `\`. Classic SWAR zero-byte tests: a
+/// borrow can flag a byte above a true match, but never one below it, so
+/// the mask is zero exactly when no byte matches, and its lowest set bit
+/// always marks the first matching byte.
+pub(crate) fn escape_mask(w: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
     let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
     below_space | has_zero(w ^ (ONES * u64::from(b'"'))) | has_zero(w ^ (ONES * u64::from(b'\\')))
-        != 0
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! which keys the record type allows, validates the values, and finally
 //! re-encodes and compares: only the canonical bytes are accepted.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -58,6 +59,11 @@ pub(crate) fn serde_encode(record: &Record) -> Vec<u8> {
 /// Decodes one record and checks that `bytes` is exactly its canonical
 /// encoding.
 ///
+/// The single-pass reader (`reader`) does this without re-encoding; only
+/// when it rejects the input does the serde decoder run, to name the
+/// problem. The two accept exactly the same inputs (differential tests in
+/// `reader`).
+///
 /// # Errors
 ///
 /// [`RecordError::TooLarge`], [`RecordError::Malformed`],
@@ -65,6 +71,119 @@ pub(crate) fn serde_encode(record: &Record) -> Vec<u8> {
 /// [`RecordError::UnexpectedField`], [`RecordError::InvalidField`],
 /// [`RecordError::InvalidTimestamp`] or [`RecordError::NonCanonical`].
 pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
+    match crate::reader::record(bytes) {
+        Ok(record) => Ok(record),
+        Err(crate::reader::Bad) => serde_decode(bytes),
+    }
+}
+
+/// Checks one record as [`decode`] does, without copying it out: the
+/// fields a verifier needs, borrowed from `bytes`.
+///
+/// # Errors
+///
+/// As [`decode`], with the same messages.
+pub fn decode_view(bytes: &[u8]) -> Result<RecordView<'_>, RecordError> {
+    match crate::reader::view(bytes) {
+        Ok(head) => Ok(RecordView {
+            seq: head.seq,
+            ts: head.ts,
+            record_type: head.record_type,
+            event: Cow::Borrowed(head.event),
+            details: head.details.map_or(Details::None, Details::Text),
+        }),
+        // The serde decoder names the problem. Should it accept what the
+        // reader rejected (the differential tests say it never does), its
+        // verdict stands, so that the two can only ever agree.
+        Err(crate::reader::Bad) => serde_decode(bytes).map(|record| {
+            let (record_type, event) = (record.body.record_type(), record.body.event().to_owned());
+            RecordView {
+                seq: record.seq,
+                ts: record.ts,
+                record_type,
+                event: Cow::Owned(event),
+                details: match record.body {
+                    RecordBody::System(s) if !s.details.is_empty() => Details::Map(s.details),
+                    _ => Details::None,
+                },
+            }
+        }),
+    }
+}
+
+/// A checked record, read in place by [`decode_view`]: what the verifier
+/// needs of each record, without copying its strings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordView<'a> {
+    seq: u64,
+    ts: Timestamp,
+    record_type: RecordType,
+    event: Cow<'a, str>,
+    details: Details<'a>,
+}
+
+/// The `details` of a system record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Details<'a> {
+    /// Absent (always so in other record types).
+    None,
+    /// The checked text of the map, read again on demand.
+    Text(&'a str),
+    /// Decoded by serde.
+    Map(BTreeMap<String, Scalar>),
+}
+
+impl RecordView<'_> {
+    /// The `seq` field.
+    #[must_use]
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The `ts` field.
+    #[must_use]
+    pub fn ts(&self) -> Timestamp {
+        self.ts
+    }
+
+    /// The `type` field.
+    #[must_use]
+    pub fn record_type(&self) -> RecordType {
+        self.record_type
+    }
+
+    /// The `event` field.
+    #[must_use]
+    pub fn event(&self) -> &str {
+        &self.event
+    }
+
+    /// One entry of a system record's `details`; `None` when absent or in
+    /// other record types.
+    #[must_use]
+    pub fn detail(&self, key: &str) -> Option<Scalar> {
+        match &self.details {
+            Details::None => None,
+            Details::Text(text) => crate::reader::detail(text, key),
+            Details::Map(map) => map.get(key).cloned(),
+        }
+    }
+
+    /// All of a system record's `details` (empty when absent).
+    #[must_use]
+    pub fn details(&self) -> BTreeMap<String, Scalar> {
+        match &self.details {
+            Details::None => BTreeMap::new(),
+            Details::Text(text) => crate::reader::details_of(text).unwrap_or_default(),
+            Details::Map(map) => map.clone(),
+        }
+    }
+}
+
+/// The strict decode through serde: parse, validate, re-encode, compare.
+/// It runs only for inputs the single-pass reader rejects, to say why, and
+/// is the definition that reader is tested against.
+pub(crate) fn serde_decode(bytes: &[u8]) -> Result<Record, RecordError> {
     if bytes.len() > MAX_RECORD_BYTES {
         return Err(RecordError::TooLarge {
             len: bytes.len(),
@@ -101,7 +220,9 @@ pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
 }
 
 thread_local! {
-    /// [`decode`]'s buffer for the re-encoding, reused across calls.
+    /// [`PreEncoded::new`]'s encoding buffer, reused across calls.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// [`serde_decode`]'s buffer for the re-encoding, reused across calls.
     static REENCODED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -132,15 +253,15 @@ impl PreEncoded {
     /// As [`RecordBody::validate`].
     pub fn new(body: RecordBody) -> Result<Self, RecordError> {
         body.validate()?;
-        let record = Record {
-            seq: 0,
-            ts: Timestamp::EPOCH,
-            body,
-        };
-        let mut bytes = Vec::with_capacity(384);
+        // Encoded into a reused per-thread buffer and then copied into one
+        // allocation of the right size: cheaper than growing a guessed one.
         // The encoder reports where it put the two values, so nothing has
         // to search for the placeholders.
-        let placed = crate::canonical::write_record(&record, &mut bytes);
+        let (bytes, placed) = SCRATCH.with_borrow_mut(|buf| {
+            buf.clear();
+            let placed = crate::canonical::write_parts(0, Timestamp::EPOCH, &body, buf);
+            (buf.clone(), placed)
+        });
         Ok(PreEncoded {
             bytes,
             seq_at: placed.seq_at,

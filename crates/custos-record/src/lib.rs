@@ -8,7 +8,8 @@
 //! - [`Record`] is one audit record: a sequence number, a timestamp and a
 //!   typed [`RecordBody`] ([`Inference`], [`Admin`] or [`System`]).
 //! - [`encode`] writes the canonical encoding; [`decode`] reads it back and
-//!   rejects every input that is not exactly what [`encode`] would write.
+//!   rejects every input that is not exactly what [`encode`] would write;
+//!   [`decode_view`] does the same checks without copying the record out.
 //! - [`Receipt`] is the portable proof that one record is in a signed
 //!   checkpoint.
 //!
@@ -54,6 +55,7 @@
 mod canonical;
 mod codec;
 mod error;
+mod reader;
 mod receipt;
 #[cfg(feature = "sample")]
 pub mod sample;
@@ -61,7 +63,7 @@ mod schema;
 mod time;
 mod validate;
 
-pub use codec::{PreEncoded, decode, encode, encode_into};
+pub use codec::{PreEncoded, RecordView, decode, decode_view, encode, encode_into};
 pub use error::RecordError;
 pub use receipt::Receipt;
 pub use schema::{

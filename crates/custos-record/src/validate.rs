@@ -86,7 +86,7 @@ fn name(field: &str, value: &str) -> Result<(), RecordError> {
     }
 }
 
-fn text_max(field: &str, value: &str, max: usize) -> Result<(), RecordError> {
+pub(crate) fn text_max(field: &str, value: &str, max: usize) -> Result<(), RecordError> {
     if value.is_empty() {
         return Err(invalid(field, "must not be empty (omit it instead)"));
     }
@@ -112,12 +112,35 @@ fn opt_text(field: &str, value: Option<&String>) -> Result<(), RecordError> {
 
 /// Whether `s` has a character of Unicode category Cc: C0 controls, DEL,
 /// or C1 controls (U+0080 to U+009F, encoded as `C2 80` to `C2 9F`).
-/// Byte-wise because this runs on every string of every record.
+/// Byte-wise because this runs on every string of every record, and
+/// eight bytes at a time while they are printable ASCII.
 fn has_control(s: &str) -> bool {
     let b = s.as_bytes();
-    b.iter().enumerate().any(|(i, &c)| {
+    let mut from = 0;
+    while let Some(chunk) = b.get(from..from + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        if !maybe_control(u64::from_le_bytes(word)) {
+            from += 8;
+            continue;
+        }
+        break;
+    }
+    b.iter().enumerate().skip(from).any(|(i, &c)| {
         c < 0x20 || c == 0x7f || (c == 0xc2 && b.get(i + 1).is_some_and(|&n| n <= 0x9f))
     })
+}
+
+/// Whether any byte of `w` is below 0x20, DEL, or not ASCII (which covers
+/// the `C2` lead byte of a C1 control). SWAR tests: no false negatives,
+/// and false positives only fall back to the byte-wise check.
+fn maybe_control(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let below_space = w.wrapping_sub(ONES * 0x20) & !w;
+    let del = w ^ (ONES * 0x7f);
+    let is_del = del.wrapping_sub(ONES) & !del;
+    (below_space | is_del | w) & HIGH != 0
 }
 
 /// Catches the obvious ways a credential could slip into a string field.
@@ -128,7 +151,7 @@ fn looks_secret(value: &str) -> bool {
             .is_some_and(|p| p.eq_ignore_ascii_case("bearer "))
 }
 
-fn map_key(field: &str, key: &str) -> Result<(), RecordError> {
+pub(crate) fn map_key(field: &str, key: &str) -> Result<(), RecordError> {
     if !is_valid_name(key) {
         return Err(invalid(
             format!("{field}.{key}"),
@@ -180,13 +203,28 @@ impl RecordBody {
     }
 }
 
-fn validate_inference(r: &Inference) -> Result<(), RecordError> {
-    let id_ok = !r.request_id.is_empty()
-        && r.request_id.len() <= MAX_REQUEST_ID_BYTES
-        && r.request_id
+/// Whether `id` matches `[A-Za-z0-9._:-]{1,128}`, the rule for request IDs.
+pub(crate) fn request_id_ok(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_REQUEST_ID_BYTES
+        && id
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
-    if !id_ok {
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// Whether `method` matches `[A-Z]{1,16}`.
+pub(crate) fn method_ok(method: &str) -> bool {
+    !method.is_empty() && method.len() <= 16 && method.bytes().all(|b| b.is_ascii_uppercase())
+}
+
+/// The path rules beyond those of any text: a leading `/` and no query
+/// string or fragment.
+pub(crate) fn path_ok(path: &str) -> bool {
+    path.starts_with('/') && !path.contains(['?', '#'])
+}
+
+fn validate_inference(r: &Inference) -> Result<(), RecordError> {
+    if !request_id_ok(&r.request_id) {
         return Err(invalid("request_id", "must match [A-Za-z0-9._:-]{1,128}"));
     }
     if let Some(actor) = &r.actor {
@@ -199,17 +237,14 @@ fn validate_inference(r: &Inference) -> Result<(), RecordError> {
         opt_text("client.user_agent", client.user_agent.as_ref())?;
     }
     name("endpoint", &r.endpoint)?;
-    let method_ok = !r.method.is_empty()
-        && r.method.len() <= 16
-        && r.method.bytes().all(|b| b.is_ascii_uppercase());
-    if !method_ok {
+    if !method_ok(&r.method) {
         return Err(invalid("method", "must match [A-Z]{1,16}"));
     }
     text("path", &r.path)?;
     if !r.path.starts_with('/') {
         return Err(invalid("path", "must start with '/'"));
     }
-    if r.path.contains(['?', '#']) {
+    if !path_ok(&r.path) {
         // Query strings can carry credentials; the gateway strips them.
         return Err(invalid(
             "path",
@@ -290,6 +325,25 @@ mod tests {
         ] {
             let s = format!("x{c}y");
             assert_eq!(has_control(&s), c.is_control(), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn word_wise_control_detection_matches_byte_wise() {
+        const PIECES: &[&str] = &[
+            "a", "Z", " ", "~", "\u{0}", "\u{1f}", "\u{7f}", "\u{80}", "\u{9f}", "\u{a0}", "é",
+            "€", "𝄞", "abcdefgh",
+        ];
+        let mut x = 0x1234_5678_9abc_def1u64;
+        for _ in 0..50_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = (x % 24) as usize;
+            let s: String = (0..len)
+                .map(|i| PIECES[((x >> (i % 60)) as usize + i * 7) % PIECES.len()])
+                .collect();
+            assert_eq!(has_control(&s), s.chars().any(char::is_control), "{s:?}");
         }
     }
 

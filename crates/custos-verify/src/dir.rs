@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use custos_merkle::{Frontier, Hash, leaf_hash};
 use custos_note::{Checkpoint, Note, Verifier, open as open_note};
-use custos_record::{RecordBody, decode};
+use custos_record::{RecordType, decode_view};
 
 use crate::problem::{Problem, ProblemKind};
 
@@ -451,39 +451,41 @@ impl Run<'_> {
                 for line in lines {
                     let seq = frontier.size();
                     let here = |kind| problem(Some(rel.clone()), Some(seq), kind);
-                    let record = decode(line).map_err(|e| {
+                    // The full canonical check, reading in place: only
+                    // `seq`, `ts` and the system events below are used.
+                    let record = decode_view(line).map_err(|e| {
                         here(ProblemKind::Record {
                             reason: e.to_string(),
                         })
                     })?;
-                    if record.seq != seq {
+                    if record.seq() != seq {
                         return Err(here(ProblemKind::SeqMismatch {
                             expected: seq,
-                            found: record.seq,
+                            found: record.seq(),
                         }));
                     }
-                    let ts = record.ts.unix_micros();
+                    let ts = record.ts().unix_micros();
                     if ts.saturating_add(TIMESTAMP_TOLERANCE) < prev_ts {
                         return Err(here(ProblemKind::TimestampRegression {
                             previous: custos_record::Timestamp::from_unix_micros(prev_ts)
                                 .map(|t| t.to_string())
                                 .unwrap_or_default(),
-                            ts: record.ts.to_string(),
+                            ts: record.ts().to_string(),
                         }));
                     }
                     prev_ts = prev_ts.max(ts);
-                    if let RecordBody::System(s) = &record.body {
-                        match s.event.as_str() {
+                    if record.record_type() == RecordType::System {
+                        match record.event() {
                             "retention.purged" => {
                                 if let Some(p) =
-                                    s.details.get("purged_before_seq").and_then(|v| v.as_int())
+                                    record.detail("purged_before_seq").and_then(|v| v.as_int())
                                 {
                                     purge_points.push(u64::try_from(p).unwrap_or(0));
                                 }
                             }
                             "ledger.key_rotated" => {
                                 let get = |k: &str| {
-                                    s.details.get(k).and_then(|v| v.as_str()).map(str::to_owned)
+                                    record.detail(k).and_then(|v| v.as_str().map(str::to_owned))
                                 };
                                 if let (Some(old), Some(new)) = (get("old_key"), get("new_key")) {
                                     rotations.push(Rotation {
