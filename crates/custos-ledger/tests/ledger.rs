@@ -510,22 +510,9 @@ async fn an_io_error_stops_the_writer_and_fails_closed() {
         std::os::unix::fs::symlink("/nonexistent/custos", &path).unwrap();
         blocked = n;
     }
-    let mut failure = None;
-    for i in 1..blocked {
-        match ledger.append(request(i)) {
-            Ok(ticket) => {
-                if let Err(e) = ticket.await {
-                    failure = Some(e);
-                    break;
-                }
-            }
-            Err(e) => {
-                failure = Some(e);
-                break;
-            }
-        }
-    }
-    let failure = failure.expect("sealing into an existing path must fail");
+    let failure = first_failure(&ledger, 1..blocked)
+        .await
+        .expect("sealing into an existing path must fail");
     // The record that hit the failure, and any queued with it, are refused
     // with the IO error itself or with the writer's unavailability.
     assert!(
@@ -542,6 +529,21 @@ async fn an_io_error_stops_the_writer_and_fails_closed() {
     assert!(matches!(err, LedgerError::Unavailable { .. }), "{err}");
     assert!(err.retry_after().is_some());
     assert!(ledger.checkpoint().await.is_err());
+}
+
+/// Appends requests `seqs` until one is refused, at once or by its ticket.
+async fn first_failure(ledger: &Ledger, seqs: std::ops::Range<u64>) -> Option<LedgerError> {
+    for i in seqs {
+        match ledger.append(request(i)) {
+            Ok(ticket) => {
+                if let Err(e) = ticket.await {
+                    return Some(e);
+                }
+            }
+            Err(e) => return Some(e),
+        }
+    }
+    None
 }
 
 fn batched(max_delay: Duration) -> custos_ledger::LedgerOptions {
@@ -693,22 +695,9 @@ async fn batched_appends_seal_segments_and_fail_closed() {
         let path = tmp.ledger().join(format!("segments/{n:020}.jsonl"));
         std::os::unix::fs::symlink("/nonexistent/custos", &path).unwrap();
     }
-    let mut failure = None;
-    for i in 40..100 {
-        match ledger.append(request(i)) {
-            Ok(ticket) => {
-                if let Err(e) = ticket.await {
-                    failure = Some(e);
-                    break;
-                }
-            }
-            Err(e) => {
-                failure = Some(e);
-                break;
-            }
-        }
-    }
-    let failure = failure.expect("sealing into an existing path must fail");
+    let failure = first_failure(&ledger, 40..100)
+        .await
+        .expect("sealing into an existing path must fail");
     assert!(failure.to_string().contains("File exists"), "{failure}");
     assert!(!ledger.status().healthy);
     let err = ledger.append(request(999)).unwrap_err();
