@@ -15,6 +15,12 @@
 # Valgrind runs the threads one at a time and has no SHA extensions, so
 # hashing shows at its software cost; read the figures as relative, not as
 # time.
+#
+# With --switches, the server runs natively instead (no valgrind) and the
+# script prints, per thread and in total, the voluntary and involuntary
+# context switches and the CPU time per request (from /proc/PID/task/*),
+# over the same N sequential requests: what a request costs in thread
+# hand-offs, which instruction counts do not show.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -22,6 +28,7 @@ root="$(dirname "$here")"
 durability=sync
 requests=2000
 stream=0
+switches=0
 bin="${CARGO_TARGET_DIR:-$root/target}/release/custos"
 out=""
 while [ $# -gt 0 ]; do
@@ -31,11 +38,12 @@ while [ $# -gt 0 ]; do
         --stream) stream=1; shift ;;
         --bin) bin="$2"; shift 2 ;;
         --out) out="$2"; shift 2 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        --switches) switches=1; shift ;;
+        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
-command -v valgrind >/dev/null || { echo "valgrind is needed" >&2; exit 1; }
+[ "$switches" = 1 ] || command -v valgrind >/dev/null || { echo "valgrind is needed" >&2; exit 1; }
 command -v nginx >/dev/null || "$here/install.sh" base
 
 tmp="$(mktemp -d /tmp/custos-callgrind-XXXXXX)"
@@ -84,8 +92,9 @@ secret="$("$bin" keys create --name bench --models '*' --data-dir "$tmp/data" --
 
 # callgrind_control finds the process through files in its working dir.
 cd "$out"
-valgrind --tool=callgrind --compress-strings=no --callgrind-out-file="$out/callgrind.out.%p" \
-    "$bin" serve --config "$tmp/custos.toml" --data-dir "$tmp/data" \
+runner=(valgrind --tool=callgrind --compress-strings=no --callgrind-out-file="$out/callgrind.out.%p")
+[ "$switches" = 1 ] && runner=(env)
+"${runner[@]}" "$bin" serve --config "$tmp/custos.toml" --data-dir "$tmp/data" \
     > "$tmp/serve.out" 2> "$tmp/serve.err" &
 vg=$!
 pids+=($vg)
@@ -115,7 +124,45 @@ for _ in range(n):
         sys.exit(f"status {r.status}: {data[:300]!r}")
 PY
 }
+threads() {
+    python3 - "$1" <<'PY'
+import json, os, sys
+pid, out = sys.argv[1], {}
+for t in os.listdir(f"/proc/{pid}/task"):
+    try:
+        status = open(f"/proc/{pid}/task/{t}/status").read()
+        name = open(f"/proc/{pid}/task/{t}/comm").read().strip()
+        stat = open(f"/proc/{pid}/task/{t}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        continue
+    field = lambda k: int(status.split(k + ":")[1].split()[0])
+    out[t] = [name, field("voluntary_ctxt_switches"), field("nonvoluntary_ctxt_switches"),
+              int(stat[11]) + int(stat[12])]
+print(json.dumps(out))
+PY
+}
 drive 200
+if [ "$switches" = 1 ]; then
+    threads "$vg" > "$tmp/before.json"
+    drive "$requests"
+    threads "$vg" > "$tmp/after.json"
+    python3 - "$tmp/before.json" "$tmp/after.json" "$requests" "$(getconf CLK_TCK)" "$durability" <<'PY'
+import json, sys
+a, b = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+n, hz = int(sys.argv[3]), int(sys.argv[4])
+print(f"durability={sys.argv[5]} requests={n} (sequential, one connection)")
+print(f"{'thread':24} {'voluntary/req':>14} {'involuntary/req':>16} {'cpu us/req':>11}")
+tot = [0, 0, 0]
+for t, (name, v, nv, cpu) in sorted(b.items(), key=lambda kv: kv[1][0]):
+    _, v0, nv0, cpu0 = a.get(t, [name, 0, 0, 0])
+    d = (v - v0, nv - nv0, cpu - cpu0)
+    if any(d):
+        print(f"{name + ' ' + t:24} {d[0] / n:14.2f} {d[1] / n:16.2f} {d[2] * 1e6 / hz / n:11.0f}")
+    tot = [x + y for x, y in zip(tot, d)]
+print(f"{'total':24} {tot[0] / n:14.2f} {tot[1] / n:16.2f} {tot[2] * 1e6 / hz / n:11.0f}")
+PY
+    exit 0
+fi
 callgrind_control -z "$vg" >/dev/null
 drive "$requests"
 callgrind_control -d "$vg" >/dev/null
