@@ -330,7 +330,7 @@ fn ledger(raw: &RawConfig, ctx: &mut Ctx<'_>) -> Option<LedgerConfig> {
     let every = int_in(
         l.checkpoint_every_records,
         "ledger.checkpoint_every_records",
-        1000,
+        10_000,
         1..=10_000_000,
         ctx,
     );

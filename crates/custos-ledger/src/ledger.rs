@@ -295,7 +295,7 @@ impl Ledger {
             // than handed to the writer thread and back — two thread
             // wake-ups saved on every request (issue #8).
             let (result, wake) = {
-                let mut guard = writer::lock(&self.core)?;
+                let mut guard = writer::lock_for_append(&self.core)?;
                 let Some(writer) = guard.as_mut() else {
                     return Err(LedgerError::ShutDown);
                 };
