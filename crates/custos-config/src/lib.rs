@@ -140,6 +140,15 @@ pub enum Durability {
     },
 }
 
+/// Which old checkpoints are kept (`ledger.checkpoint_keep_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointThinning {
+    /// Every checkpoint younger than this is kept.
+    pub keep_all_for: Duration,
+    /// Of older ones, the newest of each period this long is kept.
+    pub keep_one_per: Duration,
+}
+
 /// `[ledger]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LedgerConfig {
@@ -149,6 +158,8 @@ pub struct LedgerConfig {
     pub checkpoint_every_records: u64,
     /// Checkpoint at least this often while the log grows.
     pub checkpoint_interval: Duration,
+    /// Thinning of old checkpoints; `None` keeps them all.
+    pub checkpoint_thinning: Option<CheckpointThinning>,
     /// Seal segments at this size.
     pub segment_max_size: u64,
     /// Seal segments at this age.

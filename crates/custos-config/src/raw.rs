@@ -109,6 +109,12 @@ pub struct RawLedger {
     pub checkpoint_every_records: Option<i64>,
     /// Sign a checkpoint at least this often while the log grows.
     pub checkpoint_interval: Option<String>,
+    /// Remove old checkpoints down to one per `checkpoint_keep_one_per`.
+    pub checkpoint_thinning: Option<bool>,
+    /// Every checkpoint younger than this is kept.
+    pub checkpoint_keep_all_for: Option<String>,
+    /// Of older checkpoints, the newest of each period this long is kept.
+    pub checkpoint_keep_one_per: Option<String>,
     /// Seal a segment at this size.
     pub segment_max_size: Option<RawSize>,
     /// Seal a segment at this age.

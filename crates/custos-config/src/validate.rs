@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use crate::raw::{RawConfig, RawModel, RawProvider, RawSize, RawTimeouts};
 use crate::{
-    Config, ConsoleConfig, CredentialSource, Durability, FieldError, KeysConfig, LedgerConfig,
-    LedgerSink, LogConfig, LogFormat, MetricsConfig, MockSettings, ModelConfig, OpenAiSettings,
-    ProviderConfig, ProviderKind, ServerConfig, TargetConfig, Timeouts, TimeseriesConfig,
+    CheckpointThinning, Config, ConsoleConfig, CredentialSource, Durability, FieldError,
+    KeysConfig, LedgerConfig, LedgerSink, LogConfig, LogFormat, MetricsConfig, MockSettings,
+    ModelConfig, OpenAiSettings, ProviderConfig, ProviderKind, ServerConfig, TargetConfig,
+    Timeouts, TimeseriesConfig,
 };
 
 /// Default largest request body: 8 MiB, room for a few inline images.
@@ -341,6 +342,31 @@ fn ledger(raw: &RawConfig, ctx: &mut Ctx<'_>) -> Option<LedgerConfig> {
         Duration::from_millis(10),
         ctx,
     );
+    let keep_all_for = long_duration(
+        l.checkpoint_keep_all_for.as_deref(),
+        "ledger.checkpoint_keep_all_for",
+        DAY,
+        Duration::from_secs(60),
+        ctx,
+    );
+    let keep_one_per = long_duration(
+        l.checkpoint_keep_one_per.as_deref(),
+        "ledger.checkpoint_keep_one_per",
+        Duration::from_secs(3600),
+        Duration::from_secs(1),
+        ctx,
+    );
+    let thinning = match (keep_all_for, keep_one_per) {
+        (Some(keep_all_for), Some(keep_one_per)) => Some(
+            l.checkpoint_thinning
+                .unwrap_or(true)
+                .then_some(CheckpointThinning {
+                    keep_all_for,
+                    keep_one_per,
+                }),
+        ),
+        _ => None,
+    };
     let segment_max_size = match &l.segment_max_size {
         None => Some(64 * 1024 * 1024),
         Some(size) => match parse_size(size) {
@@ -435,6 +461,7 @@ fn ledger(raw: &RawConfig, ctx: &mut Ctx<'_>) -> Option<LedgerConfig> {
         durability: durability?,
         checkpoint_every_records: every? as u64,
         checkpoint_interval: interval?,
+        checkpoint_thinning: thinning?,
         segment_max_size: segment_max_size?,
         segment_max_age: segment_max_age?,
         retention: retention?,

@@ -223,6 +223,14 @@ fn key_and_ledger_sections_load_with_defaults() {
     assert_eq!(config.ledger.durability, Durability::Sync);
     assert_eq!(config.ledger.retention, Duration::from_secs(365 * 86_400));
     assert!(!config.ledger.fail_open);
+    assert_eq!(config.ledger.checkpoint_every_records, 10_000);
+    assert_eq!(
+        config.ledger.checkpoint_thinning,
+        Some(custos_config::CheckpointThinning {
+            keep_all_for: Duration::from_secs(86_400),
+            keep_one_per: Duration::from_secs(3600),
+        })
+    );
 
     let example = load(
         "example",
@@ -389,4 +397,41 @@ retention = "1h"
     ] {
         assert!(text.contains(path), "{path} missing from:\n{text}");
     }
+}
+
+#[test]
+fn checkpoint_thinning_settings() {
+    let base = "[providers.m]\nkind = \"mock\"\n[[models]]\nname = \"m\"\ntargets = [{ provider = \"m\" }]\n[ledger]\n";
+    let off = load(
+        "f",
+        &format!("{base}checkpoint_thinning = false\n"),
+        &no_env,
+    )
+    .unwrap();
+    assert_eq!(off.ledger.checkpoint_thinning, None);
+    let custom = load(
+        "f",
+        &format!("{base}checkpoint_keep_all_for = \"7d\"\ncheckpoint_keep_one_per = \"15m\"\n"),
+        &no_env,
+    )
+    .unwrap();
+    assert_eq!(
+        custom.ledger.checkpoint_thinning,
+        Some(custos_config::CheckpointThinning {
+            keep_all_for: Duration::from_secs(7 * 86_400),
+            keep_one_per: Duration::from_secs(900),
+        })
+    );
+    let err = error_text(&format!(
+        "{base}checkpoint_keep_all_for = \"30s\"\ncheckpoint_keep_one_per = \"soon\"\ncheckpoint_thinning = \"yes\"\n"
+    ));
+    assert!(err.contains("checkpoint_thinning"), "{err}");
+    let err = error_text(&format!(
+        "{base}checkpoint_keep_all_for = \"30s\"\ncheckpoint_keep_one_per = \"soon\"\n"
+    ));
+    assert!(
+        err.contains("ledger.checkpoint_keep_all_for: `30s` is too short, must be at least 1m"),
+        "{err}"
+    );
+    assert!(err.contains("ledger.checkpoint_keep_one_per"), "{err}");
 }

@@ -61,7 +61,7 @@ pub fn policies(config: &Config, now: SystemTime) -> Vec<Policy> {
         "# Log retention policy\n\n{generated}\
          1. Custos writes one audit record for every API request and every administrative action to its append-only ledger; {durability}.\n\
          2. Audit records are retained for at least **{ret} days**. Only records older than that may be purged, whole segments at a time, and each purge is itself recorded in the ledger.\n\
-         3. Signed checkpoints are kept for the life of the log, so the log remains verifiable after a purge; a checkpoint is signed at least every **{every}** records and every **{interval}**.\n\
+         3. A checkpoint is signed at least every **{every}** records and every **{interval}** while the log grows. {kept}\n\
          4. {sinks}\n\
          5. When the ledger cannot record a request, the gateway {fail}.\n\
          6. Per-minute performance aggregates are retained for **{ts} days**.\n\
@@ -69,6 +69,14 @@ pub fn policies(config: &Config, now: SystemTime) -> Vec<Policy> {
         ret = days(ledger.retention),
         every = ledger.checkpoint_every_records,
         interval = human(ledger.checkpoint_interval),
+        kept = match ledger.checkpoint_thinning {
+            None => "Every signed checkpoint is kept for the life of the log.".to_owned(),
+            Some(t) => format!(
+                "Every signed checkpoint of the last **{}** is kept; older ones are thinned to one per **{}**, except those the log needs (the newest, every segment boundary and both sides of every key rotation), which are kept for the life of the log, so it remains verifiable after a purge.",
+                human(t.keep_all_for),
+                human(t.keep_one_per)
+            ),
+        },
         sinks = if ledger.sinks.is_empty() {
             "No external checkpoint copy is configured; checkpoints are kept on the gateway host only.".to_owned()
         } else {

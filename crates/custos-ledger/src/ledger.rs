@@ -167,6 +167,7 @@ impl Ledger {
             sinks,
             mut rng,
             on_fsync,
+            checkpoint_thinning,
         } = options;
         let empty = ledger_is_empty(&layout)?;
         let keys = keys::load_or_create(&layout, &origin, rng.as_mut(), empty)?;
@@ -204,6 +205,8 @@ impl Ledger {
             shared: Arc::clone(&shared),
             sink_tx: sink_tx.clone(),
             on_fsync: on_fsync.clone(),
+            thinning: checkpoint_thinning,
+            thinned_at: None,
         };
         let cp_thread = std::thread::Builder::new()
             .name("custos-ledger-checkpoints".into())

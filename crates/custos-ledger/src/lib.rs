@@ -56,6 +56,7 @@ mod recovery;
 mod signing;
 mod sink;
 mod stats;
+mod thin;
 mod writer;
 
 pub use error::LedgerError;
@@ -66,4 +67,5 @@ pub use reader::{LedgerReader, Records, StoredRecord};
 pub use recovery::RecoveryReport;
 pub use sink::{CheckpointSink, DirSink};
 pub use stats::{LedgerStats, LedgerStatus, StatsSnapshot};
+pub use thin::{CheckpointThinning, ThinReport, thin_checkpoints};
 pub use writer::{Appended, KeyRotation, PurgeReport};

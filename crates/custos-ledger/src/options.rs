@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::error::LedgerError;
 use crate::sink::CheckpointSink;
+use crate::thin::CheckpointThinning;
 
 /// A cryptographic RNG the ledger draws signing keys from. Tests inject a
 /// seeded one for deterministic keys.
@@ -28,6 +29,10 @@ pub enum Durability {
         max_delay: Duration,
     },
 }
+
+/// The shortest `keep_all_for`: far longer than any window in which the
+/// writer may still need a checkpoint it has just signed.
+const MIN_KEEP_ALL_FOR: Duration = Duration::from_secs(60);
 
 /// Called with the duration of every fsync, for a latency histogram.
 pub type FsyncObserver = Arc<dyn Fn(Duration) + Send + Sync>;
@@ -62,6 +67,11 @@ pub struct LedgerOptions {
     pub rng: Box<dyn SecureRng>,
     /// Observes every fsync's duration.
     pub on_fsync: Option<FsyncObserver>,
+    /// Which old checkpoints the checkpoint thread removes (at most every
+    /// ten minutes, while the log grows); `None` keeps them all. Default:
+    /// every checkpoint of the last 24 h, one per hour before that, and
+    /// every checkpoint the log needs (see [`CheckpointThinning`]).
+    pub checkpoint_thinning: Option<CheckpointThinning>,
 }
 
 impl LedgerOptions {
@@ -79,6 +89,7 @@ impl LedgerOptions {
             sinks: Vec::new(),
             rng: Box::new(rand::rngs::OsRng),
             on_fsync: None,
+            checkpoint_thinning: Some(CheckpointThinning::default()),
         }
     }
 
@@ -110,6 +121,20 @@ impl LedgerOptions {
         if self.queue_capacity == 0 {
             return bad("queue_capacity", "must be > 0");
         }
+        if let Some(t) = self.checkpoint_thinning {
+            if t.keep_all_for < MIN_KEEP_ALL_FOR {
+                return bad(
+                    "checkpoint_thinning.keep_all_for",
+                    "must be at least one minute",
+                );
+            }
+            if t.keep_one_per < Duration::from_secs(1) {
+                return bad(
+                    "checkpoint_thinning.keep_one_per",
+                    "must be at least one second",
+                );
+            }
+        }
         if let Durability::Batched { max_delay } = self.durability
             && max_delay.is_zero()
         {
@@ -129,6 +154,7 @@ impl fmt::Debug for LedgerOptions {
             .field("segment_max_bytes", &self.segment_max_bytes)
             .field("segment_max_age", &self.segment_max_age)
             .field("queue_capacity", &self.queue_capacity)
+            .field("checkpoint_thinning", &self.checkpoint_thinning)
             .field(
                 "sinks",
                 &self.sinks.iter().map(|s| s.name()).collect::<Vec<_>>(),

@@ -14,7 +14,7 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use custos_merkle::Frontier;
 use custos_note::{Checkpoint, Signer};
@@ -23,6 +23,15 @@ use crate::error::LedgerError;
 use crate::layout::{Layout, frontier_text, sync_dir, write_atomic};
 use crate::options::FsyncObserver;
 use crate::stats::Shared;
+use crate::thin::{CheckpointThinning, thin_at_most};
+
+/// The least time between two thinning passes.
+const THIN_EVERY: Duration = Duration::from_secs(600);
+
+/// Checkpoints one pass removes at most (a few hundred milliseconds of
+/// unlinks); a pass that reaches it is followed by another after the next
+/// checkpoint, until the backlog (say, after an upgrade) is gone.
+const THIN_BATCH: usize = 5_000;
 
 /// Signs the checkpoint of `frontier` and stores its frontier snapshot and
 /// note, snapshot first. Returns the note text.
@@ -68,10 +77,13 @@ pub(crate) struct Checkpointer {
     pub(crate) shared: Arc<Shared>,
     pub(crate) sink_tx: Option<Sender<(u64, String)>>,
     pub(crate) on_fsync: Option<FsyncObserver>,
+    pub(crate) thinning: Option<CheckpointThinning>,
+    /// The last thinning pass; `None` before the first.
+    pub(crate) thinned_at: Option<Instant>,
 }
 
 impl Checkpointer {
-    pub(crate) fn run(self, rx: Receiver<Message>) {
+    pub(crate) fn run(mut self, rx: Receiver<Message>) {
         while let Ok(first) = rx.recv() {
             let mut latest = None;
             let mut flushes = Vec::new();
@@ -91,7 +103,26 @@ impl Checkpointer {
             for reply in flushes {
                 let _ = reply.send(());
             }
+            self.maybe_thin();
         }
+    }
+
+    /// Thins old checkpoints after the first job and then at most every
+    /// [`THIN_EVERY`]. A failed pass is counted, not fatal: it removes
+    /// nothing the log needs, and the next pass retries.
+    fn maybe_thin(&mut self) {
+        let Some(thinning) = self.thinning else {
+            return;
+        };
+        if self.thinned_at.is_some_and(|at| at.elapsed() < THIN_EVERY)
+            || self.shared.failure().is_some()
+        {
+            return;
+        }
+        let result = thin_at_most(&self.layout.root, thinning, SystemTime::now(), THIN_BATCH);
+        let more = matches!(&result, Ok(report) if report.removed == THIN_BATCH);
+        self.thinned_at = if more { None } else { Some(Instant::now()) };
+        self.shared.stats.note_thinned(&result);
     }
 
     fn sign(&self, job: &Job) -> Result<(), LedgerError> {

@@ -7,6 +7,9 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::time::{Duration, Instant};
 
+use crate::error::LedgerError;
+use crate::thin::ThinReport;
+
 /// Monotonic counters of the writer's work. Read them with
 /// [`snapshot`](Self::snapshot).
 #[derive(Debug, Default)]
@@ -20,6 +23,8 @@ pub struct LedgerStats {
     bytes_written: AtomicU64,
     rejected: AtomicU64,
     sink_failures: AtomicU64,
+    checkpoints_thinned: AtomicU64,
+    thin_failures: AtomicU64,
 }
 
 /// A copy of [`LedgerStats`] at one moment.
@@ -43,6 +48,10 @@ pub struct StatsSnapshot {
     pub rejected: u64,
     /// Failed checkpoint sink publications.
     pub sink_failures: u64,
+    /// Old checkpoints removed by thinning.
+    pub checkpoints_thinned: u64,
+    /// Thinning passes that failed (the ledger keeps running).
+    pub thin_failures: u64,
 }
 
 impl LedgerStats {
@@ -59,6 +68,8 @@ impl LedgerStats {
             bytes_written: self.bytes_written.load(Relaxed),
             rejected: self.rejected.load(Relaxed),
             sink_failures: self.sink_failures.load(Relaxed),
+            checkpoints_thinned: self.checkpoints_thinned.load(Relaxed),
+            thin_failures: self.thin_failures.load(Relaxed),
         }
     }
 
@@ -81,6 +92,18 @@ impl LedgerStats {
 
     pub(crate) fn note_rejected(&self) {
         self.rejected.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn note_thinned(&self, result: &Result<ThinReport, LedgerError>) {
+        match result {
+            Ok(report) => {
+                self.checkpoints_thinned
+                    .fetch_add(report.removed as u64, Relaxed);
+            }
+            Err(_) => {
+                self.thin_failures.fetch_add(1, Relaxed);
+            }
+        }
     }
 
     pub(crate) fn note_sink_failure(&self) {

@@ -453,3 +453,48 @@ fn a_deleted_seal_checkpoint_is_found() {
     );
     assert_eq!(p.file.unwrap(), rel(&dir, &segs[0]));
 }
+
+/// Thinning (custos-ledger) removes old checkpoints; the log must still
+/// verify, and removing a checkpoint thinning keeps (a segment boundary)
+/// must still be found.
+#[test]
+fn a_thinned_ledger_verifies_and_a_removed_boundary_is_still_found() {
+    let (_tmp, dir, key) = fixture("thinned");
+    let before = LedgerReader::open(&dir).checkpoint_sizes().unwrap();
+    // Age every note but the newest three days, one per ten minutes.
+    let base = std::time::SystemTime::now() - std::time::Duration::from_secs(72 * 3600);
+    for (i, size) in before.iter().enumerate() {
+        let path = dir.join(format!("checkpoints/{size:020}.note"));
+        let at = base + std::time::Duration::from_secs(600 * i as u64);
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(at)
+            .unwrap();
+    }
+    let thinned = custos_ledger::thin_checkpoints(
+        &dir,
+        custos_ledger::CheckpointThinning::default(),
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
+    assert!(thinned.removed > 0, "{thinned:?}");
+    let report = verify(&dir, std::slice::from_ref(&key), None);
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!(report.newest_checkpoint, Some(N));
+    assert_eq!(
+        report.checkpoints_checked,
+        u64::try_from(before.len() - thinned.removed).unwrap()
+    );
+
+    // A boundary checkpoint is never thinned; deleting one by hand is
+    // still tampering.
+    let boundary = LedgerReader::open(&dir).segments().unwrap()[1];
+    fs::remove_file(dir.join(format!("checkpoints/{boundary:020}.note"))).unwrap();
+    let p = problem(&dir, &key);
+    assert!(
+        matches!(p.kind, ProblemKind::MissingSealCheckpoint { .. }),
+        "{p:?}"
+    );
+}

@@ -105,6 +105,12 @@ pub fn open(
     };
     options.checkpoint_every_records = l.checkpoint_every_records;
     options.checkpoint_every = l.checkpoint_interval;
+    options.checkpoint_thinning =
+        l.checkpoint_thinning
+            .map(|t| custos_ledger::CheckpointThinning {
+                keep_all_for: t.keep_all_for,
+                keep_one_per: t.keep_one_per,
+            });
     options.segment_max_bytes = l.segment_max_size;
     options.segment_max_age = l.segment_max_age;
     options.on_fsync = Some(on_fsync);
