@@ -652,6 +652,9 @@ pub struct LedgerMetrics {
     queue_depth: prometheus_client::metrics::gauge::Gauge,
     healthy: prometheus_client::metrics::gauge::Gauge,
     unrecorded: prometheus_client::metrics::counter::Counter,
+    thinned: prometheus_client::metrics::counter::Counter,
+    thin_failures: prometheus_client::metrics::counter::Counter,
+    sink_failures: prometheus_client::metrics::counter::Counter,
     /// Observes fsync durations; handed to the ledger options.
     pub fsync: prometheus_client::metrics::histogram::Histogram,
 }
@@ -667,6 +670,9 @@ impl LedgerMetrics {
             queue_depth: Default::default(),
             healthy: Default::default(),
             unrecorded: Default::default(),
+            thinned: Default::default(),
+            thin_failures: Default::default(),
+            sink_failures: Default::default(),
             fsync: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
         };
         registry.register(
@@ -700,6 +706,21 @@ impl LedgerMetrics {
             m.unrecorded.clone(),
         );
         registry.register(
+            "custos_ledger_checkpoints_thinned",
+            "Old checkpoints removed by thinning",
+            m.thinned.clone(),
+        );
+        registry.register(
+            "custos_ledger_thin_failures",
+            "Checkpoint thinning passes that failed (the ledger keeps running)",
+            m.thin_failures.clone(),
+        );
+        registry.register(
+            "custos_ledger_sink_failures",
+            "Checkpoint copies a sink failed to publish",
+            m.sink_failures.clone(),
+        );
+        registry.register(
             "custos_ledger_fsync_seconds",
             "Duration of each ledger fsync",
             m.fsync.clone(),
@@ -710,6 +731,9 @@ impl LedgerMetrics {
     /// Refreshes the gauges every second.
     pub async fn run(self: Arc<Self>, audit: Arc<LedgerAudit>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // The ledger's counters are cumulative; the exported ones advance
+        // by the difference.
+        let mut seen = custos_ledger::StatsSnapshot::default();
         loop {
             tick.tick().await;
             let healthy = audit.unavailable().is_none();
@@ -724,6 +748,16 @@ impl LedgerMetrics {
                     .set(status.checkpoint_age.map_or(0.0, |d| d.as_secs_f64()));
                 self.queue_depth
                     .set(i64::try_from(status.queue_depth).unwrap_or(i64::MAX));
+                let now = ledger.stats().snapshot();
+                self.thinned.inc_by(
+                    now.checkpoints_thinned
+                        .saturating_sub(seen.checkpoints_thinned),
+                );
+                self.thin_failures
+                    .inc_by(now.thin_failures.saturating_sub(seen.thin_failures));
+                self.sink_failures
+                    .inc_by(now.sink_failures.saturating_sub(seen.sink_failures));
+                seen = now;
             }
             self.unrecorded.inc_by(audit.unrecorded_since_metrics());
         }

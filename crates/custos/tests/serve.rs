@@ -91,6 +91,13 @@ async fn admin_routes_are_absent_from_the_gateway_port_and_vice_versa() {
     assert!(text.contains("custos_requests"));
     assert!(text.contains("custos_ledger_healthy 1"), "{text}");
     assert!(text.contains("custos_ledger_fsync_seconds_count"), "{text}");
+    for family in [
+        "custos_ledger_checkpoints_thinned_total 0",
+        "custos_ledger_thin_failures_total 0",
+        "custos_ledger_sink_failures_total 0",
+    ] {
+        assert!(text.contains(family), "{family} missing: {text}");
+    }
 }
 
 #[tokio::test]
