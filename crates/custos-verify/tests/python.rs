@@ -174,3 +174,17 @@ fn python_verifier_accepts_the_golden_ledger_with_either_key() {
         assert_eq!(code, 0, "{key}: {out}");
     }
 }
+
+#[test]
+fn python_verifier_accepts_a_thinned_ledger() {
+    if !python_ready() {
+        return;
+    }
+    let tmp = TempDir::new("python-thinned");
+    let dir = tmp.0.join("ledger");
+    let key = build(&dir, 60).to_vkey();
+    assert!(age_and_thin(&dir) > 0);
+    let (code, out) = run(&dir, Some(&key), None);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("OK: ledger intact"), "{out}");
+}

@@ -461,31 +461,14 @@ fn a_deleted_seal_checkpoint_is_found() {
 fn a_thinned_ledger_verifies_and_a_removed_boundary_is_still_found() {
     let (_tmp, dir, key) = fixture("thinned");
     let before = LedgerReader::open(&dir).checkpoint_sizes().unwrap();
-    // Age every note but the newest three days, one per ten minutes.
-    let base = std::time::SystemTime::now() - std::time::Duration::from_secs(72 * 3600);
-    for (i, size) in before.iter().enumerate() {
-        let path = dir.join(format!("checkpoints/{size:020}.note"));
-        let at = base + std::time::Duration::from_secs(600 * i as u64);
-        fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_modified(at)
-            .unwrap();
-    }
-    let thinned = custos_ledger::thin_checkpoints(
-        &dir,
-        custos_ledger::CheckpointThinning::default(),
-        std::time::SystemTime::now(),
-    )
-    .unwrap();
-    assert!(thinned.removed > 0, "{thinned:?}");
+    let removed = age_and_thin(&dir);
+    assert!(removed > 0);
     let report = verify(&dir, std::slice::from_ref(&key), None);
     assert!(report.is_intact(), "{report:?}");
     assert_eq!(report.newest_checkpoint, Some(N));
     assert_eq!(
         report.checkpoints_checked,
-        u64::try_from(before.len() - thinned.removed).unwrap()
+        u64::try_from(before.len() - removed).unwrap()
     );
 
     // A boundary checkpoint is never thinned; deleting one by hand is

@@ -253,3 +253,29 @@ pub fn write_lines(path: &Path, lines: &[String]) {
 pub fn rel(dir: &Path, path: &Path) -> PathBuf {
     path.strip_prefix(dir).unwrap().to_path_buf()
 }
+
+/// Makes every checkpoint old (note mtimes three days back, ten minutes
+/// apart) and thins the ledger as the writer would; returns how many
+/// checkpoints were removed.
+pub fn age_and_thin(dir: &Path) -> usize {
+    let sizes = custos_ledger::LedgerReader::open(dir)
+        .checkpoint_sizes()
+        .unwrap();
+    let base = std::time::SystemTime::now() - Duration::from_secs(72 * 3600);
+    for (i, size) in sizes.iter().enumerate() {
+        let at = base + Duration::from_secs(600 * u64::try_from(i).unwrap());
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join(format!("checkpoints/{size:020}.note")))
+            .unwrap()
+            .set_modified(at)
+            .unwrap();
+    }
+    custos_ledger::thin_checkpoints(
+        dir,
+        custos_ledger::CheckpointThinning::default(),
+        std::time::SystemTime::now(),
+    )
+    .unwrap()
+    .removed
+}
