@@ -506,6 +506,12 @@ class Run:
                 'name = "bench-stream"\n'
                 'targets = [{ provider = "mock_sse", model = "bench" }]\n'
             )
+            # Experiments: extra TOML appended to Custos' configuration
+            # (for example a [ledger] table); the report notes it.
+            extra = os.environ.get("BENCH_CUSTOS_TOML", "")
+            if extra:
+                f.write("\n" + extra.replace("\\n", "\n") + "\n")
+                t.notes.append(f"extra config: {extra}")
         env = dict(os.environ)
         env.pop("RUST_LOG", None)  # RUST_LOG would win over CUSTOS_LOG_LEVEL
         env.update({
