@@ -1157,8 +1157,13 @@ def main(argv) -> int:
         json.dump(results, f, indent=2)
     with open(os.path.join(args.out_dir, f"{stamp}.md"), "w") as f:
         f.write(md)
+    # The charts, from the same figures (after the reports, which a chart
+    # bug must never cost).
+    import chart
+    with open(os.path.join(args.out_dir, f"{stamp}.svg"), "w") as f:
+        f.write(chart.render(json.loads(json.dumps(results))))
     print(md)
-    log(f"raw results: {os.path.join(args.out_dir, stamp + '.json')}")
+    log(f"raw results: {os.path.join(args.out_dir, stamp + '.json')} (charts: {stamp}.svg)")
     return status
 
 
