@@ -7,6 +7,9 @@ chosen scenarios back to back, so that ratios between targets come from one
 run on one machine state:
 
   direct          the mock itself, the floor every gateway is measured against
+  nginx-proxy     a bare nginx reverse proxy in front of the mock (keep-alive
+                  pool, no buffering): the cost of one more HTTP hop on this
+                  machine, with no parsing, keys or audit record
   custos-sync     Custos with CUSTOS_LEDGER_DURABILITY=sync
   custos-batched  Custos with CUSTOS_LEDGER_DURABILITY=batched
   litellm         the LiteLLM proxy (PyPI, pinned in install.sh)
@@ -52,7 +55,7 @@ import urllib.request
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 FIXTURES = os.path.join(HERE, "fixtures")
-ALL_TARGETS = ["direct", "custos-sync", "custos-batched", "litellm", "portkey"]
+ALL_TARGETS = ["direct", "nginx-proxy", "custos-sync", "custos-batched", "litellm", "portkey"]
 ALL_SCENARIOS = ["c1", "c64", "stream1", "stream", "rate"]
 PEERS = {"litellm", "portkey"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -431,6 +434,8 @@ class Run:
         try:
             if name == "direct":
                 self._direct(t)
+            elif name == "nginx-proxy":
+                self._nginx_proxy(t)
             elif name.startswith("custos-"):
                 self._custos(t, name.split("-", 1)[1])
             elif name == "litellm":
@@ -453,6 +458,30 @@ class Run:
         t.first_200_s = self.nginx_startup_s
         t.log_path = os.path.join(self.tmp, "nginx", "error.log")
         t.version = cmd_output(["nginx", "-v"])[1].replace("nginx version: ", "")
+
+    def _nginx_proxy(self, t: Target) -> None:
+        prefix = os.path.join(self.tmp, "nginx-proxy")
+        os.makedirs(prefix)
+        port = free_port()
+        with open(os.path.join(HERE, "nginx-proxy.conf.in")) as f:
+            conf = f.read()
+        conf = conf.replace("@PREFIX@", prefix).replace("@PORT@", str(port))
+        conf = conf.replace("@UPSTREAM@", f"127.0.0.1:{self.nginx_port}")
+        path = os.path.join(prefix, "nginx.conf")
+        with open(path, "w") as f:
+            f.write(conf)
+        t.log_path = os.path.join(prefix, "error.log")
+        errlog = open(os.path.join(prefix, "stderr.log"), "w")
+        t0 = time.monotonic()
+        t.proc = spawn(["nginx", "-p", prefix, "-c", path], stdout=errlog, stderr=errlog)
+        t.pid = t.proc.pid
+        base = f"http://127.0.0.1:{port}"
+        t.url_json = base + "/v1/chat/completions"
+        t.url_stream = base + "/sse/v1/chat/completions"
+        t.version = cmd_output(["nginx", "-v"])[1].replace("nginx version: ", "")
+        t.notes.append("reference, not a gateway: proxy_pass with a keep-alive pool, "
+                       "proxy_buffering off, 1 worker; no key check, no parsing, no record")
+        t.wait_first_200(t0, 10)
 
     def probe_custos(self) -> dict:
         """What the binary can do, asked of the binary itself."""
@@ -1021,6 +1050,21 @@ def ratio_lines(results: dict, args) -> list[str]:
                 out.append(f"{c} vs {p}: " + ", ".join(parts))
             elif results["targets"][p].get("failed"):
                 out.append(f"{c} vs {p}: no comparison, {p} did not run")
+    # A bare reverse proxy's own overhead is the part of any gateway's that
+    # comes from the extra hop alone; what a gateway adds beyond it is its
+    # own work (parsing, keys, routing, the audit record).
+    hop = "nginx-proxy"
+    for s, what, key in (("c1", "c1 p50", "latency_us"), ("stream1", "stream TTFT p50", "ttft_us")):
+        d, h = _ok(results, "direct", s), _ok(results, hop, s)
+        if not (d and h):
+            continue
+        hop_us = h[key]["p50"] - d[key]["p50"]
+        for c in custos:
+            a = _ok(results, c, s)
+            if a:
+                own = a[key]["p50"] - d[key]["p50"]
+                out.append(f"{c}: {what} overhead {fmt_delta(own)}, of which {fmt_delta(hop_us)} is what "
+                           f"{hop} alone adds (one more HTTP hop); beyond that {fmt_delta(own - hop_us)}")
     if "custos-sync" in names and "custos-batched" in names:
         a, b = _ok(results, "custos-sync", "c64"), _ok(results, "custos-batched", "c64")
         if a and b:

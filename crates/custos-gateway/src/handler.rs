@@ -860,7 +860,11 @@ fn relay_stream(state: StreamState) -> impl futures_util::Stream<Item = Result<B
             if st.closing {
                 // The answer is complete: record it, then send the rest
                 // with `[DONE]`. The upstream connection is released
-                // without waiting for it to close.
+                // without waiting for it to close. Yield first, so that
+                // the events just returned are flushed to the client
+                // before the append, which in `sync` mode may run the
+                // fdatasync on this thread.
+                tokio::task::yield_now().await;
                 let rest = st.relay.finish();
                 let code = st.relay.saw_error().then_some("upstream_stream_error");
                 if !st.finish(code).await {

@@ -20,7 +20,6 @@ use tokio::sync::oneshot;
 use crate::error::LedgerError;
 use crate::keys;
 use crate::layout::{Layout, create_dir};
-use crate::options::Durability;
 use crate::options::LedgerOptions;
 use crate::recovery::{RecoveryReport, ledger_is_empty, recover};
 use crate::signing::Checkpointer;
@@ -28,30 +27,29 @@ use crate::sink::run_sinks;
 use crate::stats::{LedgerStats, LedgerStatus, Shared};
 use crate::writer::{self, Appended, Command, Core, KeyRotation, PurgeReport, Segment, Writer};
 
-/// Queue slots kept free for control commands, so that a checkpoint,
-/// rotation or shutdown is accepted even when appends fill the queue.
-const CONTROL_RESERVE: usize = 16;
+/// Slots of the writer thread's command queue: control operations and
+/// wake-ups only (appends never pass through it).
+const COMMAND_SLOTS: usize = 64;
 
 /// The audit ledger: the single writer of one ledger directory.
 ///
-/// In `sync` mode appends are queued to a dedicated writer thread, which
-/// group-commits them (one write and one fdatasync per group), so no
-/// method blocks an async runtime on the disk (except `Drop`, see below).
-/// In `batched` mode an append is written by the appending thread itself,
-/// under the writer's lock: one `write` into the page cache, never an
-/// fsync (the writer thread runs those, without the lock). Share it behind
-/// an `Arc`.
+/// An append is written by the appending thread itself, under the
+/// writer's lock: one `write` into the page cache. In `batched` mode that
+/// is all (the writer thread fdatasyncs within `max_delay`, without the
+/// lock). In `sync` mode the record's ticket resolves once an fdatasync
+/// covers it: the appender runs that fdatasync itself if none is in
+/// flight (inside [`tokio::task::block_in_place`] on a multi-threaded
+/// runtime; never on a current-thread runtime, where the writer thread
+/// does it), and otherwise waits for the next group, which the writer
+/// thread syncs. Share it behind an `Arc`.
 ///
-/// Dropping the ledger without [`shutdown`](Self::shutdown) still drains
-/// the queue and signs a final checkpoint, and waits for that on the
+/// Dropping the ledger without [`shutdown`](Self::shutdown) still syncs
+/// what waits and signs a final checkpoint, and waits for that on the
 /// dropping thread.
 pub struct Ledger {
     tx: Option<SyncSender<Command>>,
-    /// The writer's state. The writer thread owns it in sync mode; in
-    /// batched mode appending threads also write through it.
+    /// The writer's state, shared by the writer thread and appenders.
     core: Core,
-    /// Batched mode: appends are written by their callers.
-    append_here: bool,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
     dir: PathBuf,
@@ -75,10 +73,9 @@ pub struct AppendTicket {
 
 #[derive(Debug)]
 enum Ticket {
-    /// Queued to the writer thread.
+    /// Resolved by whoever makes the record durable: at once in batched
+    /// mode, by the fdatasync that covers it in sync mode.
     Queued(oneshot::Receiver<Result<Appended, LedgerError>>),
-    /// Already written by the appending thread (batched mode).
-    Done(Option<Result<Appended, LedgerError>>),
 }
 
 fn writer_gone() -> LedgerError {
@@ -95,9 +92,6 @@ impl Future for AppendTicket {
             Ticket::Queued(rx) => Pin::new(rx)
                 .poll(cx)
                 .map(|r| r.unwrap_or_else(|_| Err(writer_gone()))),
-            Ticket::Done(result) => {
-                Poll::Ready(result.take().unwrap_or_else(|| Err(writer_gone())))
-            }
         }
     }
 }
@@ -112,8 +106,52 @@ impl AppendTicket {
     /// The write or fsync error that lost the record.
     pub fn wait(self) -> Result<Appended, LedgerError> {
         match self.state {
-            Ticket::Queued(rx) => rx.blocking_recv().unwrap_or_else(|_| Err(writer_gone())),
-            Ticket::Done(result) => result.unwrap_or_else(|| Err(writer_gone())),
+            Ticket::Queued(mut rx) => match rx.try_recv() {
+                // Resolved already (batched mode, or an appender that led
+                // its own fsync): no need to block, even inside a runtime.
+                Ok(result) => result,
+                Err(oneshot::error::TryRecvError::Closed) => Err(writer_gone()),
+                Err(oneshot::error::TryRecvError::Empty) => {
+                    rx.blocking_recv().unwrap_or_else(|_| Err(writer_gone()))
+                }
+            },
+        }
+    }
+}
+
+/// Where an appender may run an fdatasync itself (sync mode).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Blocking {
+    /// A task on a multi-threaded tokio runtime: through
+    /// [`tokio::task::block_in_place`], which first moves the worker's
+    /// other tasks to another thread.
+    InPlace,
+    /// A plain thread (no runtime, or a blocking-pool thread): blocking
+    /// holds up nothing else.
+    Plain,
+    /// A current-thread runtime: blocking would stall every other task
+    /// on it, so the writer thread runs the fsync instead.
+    Never,
+}
+
+impl Blocking {
+    fn here() -> Blocking {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return Blocking::Plain;
+        };
+        match (handle.runtime_flavor(), tokio::task::try_id()) {
+            (tokio::runtime::RuntimeFlavor::MultiThread, Some(_)) => Blocking::InPlace,
+            // Inside the runtime's context but not in a task: a
+            // `spawn_blocking` thread or `Runtime::block_on`.
+            (tokio::runtime::RuntimeFlavor::MultiThread, None) => Blocking::Plain,
+            _ => Blocking::Never,
+        }
+    }
+
+    fn run<R>(self, f: impl FnOnce() -> R) -> R {
+        match self {
+            Blocking::InPlace => tokio::task::block_in_place(f),
+            Blocking::Plain | Blocking::Never => f(),
         }
     }
 }
@@ -213,6 +251,7 @@ impl Ledger {
             .spawn(move || checkpointer.run(cp_rx))
             .map_err(|e| LedgerError::io("spawn checkpoint thread", dir, e))?;
 
+        let durable = recovered.frontier.size();
         let writer = Writer {
             layout,
             origin,
@@ -239,6 +278,9 @@ impl Ledger {
             unsynced_since: None,
             buf: Vec::with_capacity(1 << 20),
             pending: Vec::with_capacity(1024),
+            waiting: std::collections::VecDeque::new(),
+            durable,
+            syncing: false,
             shared: Arc::clone(&shared),
             sink_tx,
             sink_thread,
@@ -247,7 +289,7 @@ impl Ledger {
             failed: None,
             _lock: lock,
         };
-        let (tx, rx) = mpsc::sync_channel(queue_capacity + CONTROL_RESERVE);
+        let (tx, rx) = mpsc::sync_channel(COMMAND_SLOTS);
         let core: Core = Arc::new(std::sync::Mutex::new(Some(writer)));
         let thread_core = Arc::clone(&core);
         let thread = std::thread::Builder::new()
@@ -258,7 +300,6 @@ impl Ledger {
             Ledger {
                 tx: Some(tx),
                 core,
-                append_here: matches!(durability, Durability::Batched { .. }),
                 shared,
                 thread: Some(thread),
                 dir: dir.to_path_buf(),
@@ -267,17 +308,19 @@ impl Ledger {
         ))
     }
 
-    /// Queues a record (sync mode) or writes it (batched mode); the ledger
-    /// assigns its `seq` and `ts`. Never waits for the disk: await the
-    /// ticket for durability.
+    /// Writes a record; the ledger assigns its `seq` and `ts`. Await the
+    /// ticket for durability. In sync mode, when no fdatasync is in flight,
+    /// this call runs one itself before it returns (the ticket is then
+    /// resolved); otherwise it never waits for the disk.
     ///
     /// # Errors
     ///
-    /// Immediately, without queueing: [`LedgerError::InvalidRecord`] if
-    /// the body breaks a schema rule, [`LedgerError::Backpressure`] if the
-    /// queue is full, [`LedgerError::Unavailable`] if the writer has
-    /// failed, [`LedgerError::ShutDown`] after shutdown. The gateway
-    /// answers the last three with 503 and `Retry-After`.
+    /// Immediately, without writing: [`LedgerError::InvalidRecord`] if
+    /// the body breaks a schema rule, [`LedgerError::Backpressure`] if
+    /// `queue_capacity` records already wait for an fdatasync (sync mode),
+    /// [`LedgerError::Unavailable`] if the writer has failed,
+    /// [`LedgerError::ShutDown`] after shutdown. The gateway answers the
+    /// last three with 503 and `Retry-After`.
     pub fn append(&self, body: RecordBody) -> Result<AppendTicket, LedgerError> {
         self.check_open()?;
         // Validation and encoding happen here, on the caller's thread, in
@@ -290,52 +333,42 @@ impl Ledger {
             }));
         }
         // Most of a record comes before its `seq`, so most of its leaf hash
-        // can be computed here, in parallel, instead of on the writer.
+        // can be computed here, in parallel, instead of under the lock.
         let mut prefix = LeafHasher::new();
         prefix.update(record.head());
-        if self.append_here {
-            // Batched mode: written here, under the writer's lock, rather
-            // than handed to the writer thread and back — two thread
-            // wake-ups saved on every request (issue #8).
-            let (result, wake) = {
-                let mut guard = writer::lock_for_append(&self.core)?;
-                let Some(writer) = guard.as_mut() else {
-                    return Err(LedgerError::ShutDown);
-                };
-                writer.append_here(&record, prefix)
+        // Written here, under the writer's lock, rather than handed to the
+        // writer thread and back: two thread wake-ups saved on every
+        // request (issue #8).
+        let blocking = Blocking::here();
+        let written = {
+            let mut guard = writer::lock_for_append(&self.core)?;
+            let Some(writer) = guard.as_mut() else {
+                return Err(LedgerError::ShutDown);
             };
-            if wake && let Some(tx) = &self.tx {
-                // Full means the thread has work queued and will look at
-                // its timers anyway.
-                let _ = tx.try_send(Command::Wake);
-            }
-            return Ok(AppendTicket {
-                state: Ticket::Done(Some(result)),
-            });
-        }
-        let shared = &self.shared;
-        if shared.depth.fetch_add(1, Relaxed) >= shared.capacity {
-            shared.depth.fetch_sub(1, Relaxed);
-            shared.stats.note_rejected();
-            return Err(LedgerError::Backpressure {
-                capacity: shared.capacity,
-            });
-        }
-        let (reply, rx) = oneshot::channel();
-        match self.send(Command::Append {
-            record,
-            prefix,
-            reply,
-        }) {
-            Ok(()) => Ok(AppendTicket {
-                state: Ticket::Queued(rx),
-            }),
-            Err(e) => {
-                shared.depth.fetch_sub(1, Relaxed);
-                shared.stats.note_rejected();
-                Err(e)
+            writer.append_here(&record, prefix, blocking != Blocking::Never)?
+        };
+        let mut wake = written.wake;
+        if let Some(job) = written.lead {
+            // Sync mode, and no fdatasync was in flight: this appender
+            // leads one, covering its own record and any written before.
+            let result = blocking.run(|| job.run());
+            if let Ok(mut guard) = writer::lock(&self.core)
+                && let Some(writer) = guard.as_mut()
+            {
+                writer.synced(&job, result);
+                // Records written meanwhile are the writer thread's next
+                // group.
+                wake |= writer.next_group_due();
             }
         }
+        if wake && let Some(tx) = &self.tx {
+            // Full means the thread has work queued and will look at its
+            // timers anyway.
+            let _ = tx.try_send(Command::Wake);
+        }
+        Ok(AppendTicket {
+            state: Ticket::Queued(written.ticket),
+        })
     }
 
     fn check_open(&self) -> Result<(), LedgerError> {

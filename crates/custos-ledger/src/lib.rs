@@ -3,10 +3,12 @@
 //!
 //! - [`Ledger::open`] takes the directory lock, loads or creates the
 //!   signing key, recovers after a crash and starts the writer thread.
-//! - [`Ledger::append`] queues a [`RecordBody`](custos_record::RecordBody)
-//!   and returns an [`AppendTicket`] that resolves once the record is
-//!   durable. The writer group-commits: one write and one fdatasync for
-//!   everything queued.
+//! - [`Ledger::append`] writes a [`RecordBody`](custos_record::RecordBody)
+//!   on the caller's thread, under the writer's lock, and returns an
+//!   [`AppendTicket`] that resolves once the record is durable. In sync
+//!   mode the fdatasyncs are group commits: one at a time, each covering
+//!   every record written before it began, led by the appender when none
+//!   is in flight and by the writer thread for the records that waited.
 //! - Checkpoints (C2SP signed notes over the RFC 6962 root) are signed
 //!   every N records or T seconds, when a segment is sealed and at
 //!   shutdown, always over the writer's own frontier, which only grows.
@@ -20,8 +22,8 @@
 //! shares no code with this crate beyond `custos-merkle`, `custos-note`
 //! and `custos-record`.
 //!
-//! **Invariants.** Only the writer thread writes segment files, and it
-//! never rewrites a byte it has written except to cut a torn, never
+//! **Invariants.** Only the holder of the writer's lock writes segment
+//! files, and it never rewrites a byte it has written except to cut a torn, never
 //! acknowledged last line at open. [`Ledger::purge_before`] is the only
 //! code that deletes records, and it records itself first. The signer
 //! only signs the writer's own frontier, so two signed checkpoints are

@@ -58,7 +58,8 @@ pub struct LedgerOptions {
     /// Seal a segment once its first record is this old (by record
     /// timestamps, from the injected clock). Default 24 h.
     pub segment_max_age: Duration,
-    /// Appends that may wait for the writer; beyond it, appends fail with
+    /// Sync mode: records that may wait for an fdatasync (written, not yet
+    /// durable); beyond it, appends fail with
     /// [`LedgerError::Backpressure`]. Default 65 536.
     pub queue_capacity: usize,
     /// Where each new checkpoint is also published, on a separate thread.

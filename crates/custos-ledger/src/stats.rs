@@ -32,7 +32,8 @@ pub struct LedgerStats {
 pub struct StatsSnapshot {
     /// Records made durable and acknowledged.
     pub appended: u64,
-    /// Group commits (one write each).
+    /// `write` calls on segments (one per append written by its caller;
+    /// records per fdatasync is `appended / fsyncs`).
     pub groups: u64,
     /// fdatasync calls on segments.
     pub fsyncs: u64,
@@ -121,9 +122,9 @@ pub struct LedgerStatus {
     /// Time since the newest checkpoint was signed by this process;
     /// `None` if it has signed none yet.
     pub checkpoint_age: Option<Duration>,
-    /// Appends waiting for the writer.
+    /// Sync mode: records written and waiting for an fdatasync.
     pub queue_depth: usize,
-    /// The queue's capacity.
+    /// The most that may wait (`queue_capacity`).
     pub queue_capacity: usize,
     /// False once the writer has failed or shut down; the gateway must
     /// then refuse traffic.

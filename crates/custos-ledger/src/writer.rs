@@ -2,23 +2,31 @@
 //! retention. Its state sits behind one mutex ([`Core`]); whoever holds it
 //! is the only one touching segment files.
 //!
-//! In sync mode appends are queued to the writer thread. Each turn of its
-//! loop drains everything queued (up to [`MAX_GROUP`]), encodes and hashes
-//! each record into one buffer while extending the frontier, writes the
-//! buffer with one `write`, fdatasyncs once, and only then resolves the
-//! tickets.
+//! Appends are written by the appending thread: it takes the lock, hashes
+//! its record into the frontier and writes it with one `write` into the
+//! page cache. Handing each record to a writer thread and back cost two
+//! thread wake-ups per request (issue #8).
 //!
-//! In batched mode the appending thread takes the lock and writes its own
-//! record (one `write`, no fsync), which saves the two thread hand-offs a
-//! queued append costs. The writer thread then only runs timers: the
-//! fdatasync due `max_delay` after the first unsynced write (on a duplicate
-//! descriptor, *without* the lock, so appends go on meanwhile),
-//! checkpoints and segment age.
+//! In batched mode that is all: the writer thread fdatasyncs `max_delay`
+//! after the first unsynced write, on a duplicate descriptor and *without*
+//! the lock, so appends go on meanwhile.
+//!
+//! In sync mode the record then waits for an fdatasync that covers it
+//! (group commit, leader and followers). If no fdatasync is in flight, the
+//! appender leads one itself, on its own thread, without the lock; records
+//! written while it runs wait, and the writer thread syncs them as the next
+//! group as soon as it ends, and so on while records keep arriving. One
+//! connection's request therefore costs one fdatasync and no hand-off;
+//! under load the groups grow and the fsyncs stay one at a time.
+//!
+//! The writer thread also runs the timers: checkpoints and segment age,
+//! and the control operations (checkpoint, rotation, purge, shutdown).
 //!
 //! Any write or fsync error stops the writer for good: it is never retried,
 //! because after a failed fsync the kernel may have dropped the dirty
 //! pages.
 
+use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::PathBuf;
@@ -43,8 +51,8 @@ use crate::options::{Durability, FsyncObserver, SecureRng};
 use crate::signing::{Job, Message, write_checkpoint};
 use crate::stats::Shared;
 
-/// The most commands handled in one group commit.
-pub(crate) const MAX_GROUP: usize = 4096;
+/// The most commands handled in one turn of the writer thread.
+const MAX_GROUP: usize = 4096;
 
 /// The longest the writer sleeps without checking its timers.
 const MAX_IDLE: Duration = Duration::from_secs(1);
@@ -85,12 +93,6 @@ type Reply<T> = oneshot::Sender<Result<T, LedgerError>>;
 
 /// A request to the writer thread.
 pub(crate) enum Command {
-    Append {
-        record: PreEncoded,
-        /// The leaf hasher fed with [`PreEncoded::head`].
-        prefix: LeafHasher,
-        reply: Reply<Appended>,
-    },
     Checkpoint {
         reply: Reply<u64>,
     },
@@ -104,8 +106,9 @@ pub(crate) enum Command {
     Shutdown {
         reply: Reply<u64>,
     },
-    /// Batched mode: an append written by its caller started an unsynced
-    /// window or made a checkpoint due; the thread re-reads its timers.
+    /// An append written by its caller started an unsynced window
+    /// (batched), left records waiting for the next fdatasync (sync), or
+    /// made a checkpoint due; the thread re-reads its timers.
     Wake,
 }
 
@@ -139,6 +142,13 @@ pub(crate) struct Writer {
     pub(crate) unsynced_since: Option<Instant>,
     pub(crate) buf: Vec<u8>,
     pub(crate) pending: Vec<(Option<Reply<Appended>>, Appended)>,
+    /// Sync mode: records written by their callers that wait for an
+    /// fdatasync, oldest first.
+    pub(crate) waiting: VecDeque<(Reply<Appended>, Appended)>,
+    /// Every record below this sequence number is fdatasynced.
+    pub(crate) durable: u64,
+    /// A [`SyncJob`] is running without the lock.
+    pub(crate) syncing: bool,
     pub(crate) shared: Arc<Shared>,
     pub(crate) sink_tx: Option<mpsc::Sender<(u64, String)>>,
     pub(crate) sink_thread: Option<JoinHandle<()>>,
@@ -149,8 +159,8 @@ pub(crate) struct Writer {
     pub(crate) _lock: File,
 }
 
-/// The writer's state, shared by the writer thread and, in batched mode,
-/// by appending threads. `None` once the writer has shut down.
+/// The writer's state, shared by the writer thread and the appending
+/// threads. `None` once the writer has shut down.
 pub(crate) type Core = Arc<Mutex<Option<Writer>>>;
 
 /// Locks the writer. A poisoned lock (a panic while it was held) means the
@@ -161,7 +171,7 @@ pub(crate) fn lock<T>(core: &Mutex<T>) -> Result<MutexGuard<'_, T>, LedgerError>
     })
 }
 
-/// Locks the writer for an append written by its caller (batched mode).
+/// Locks the writer for an append written by its caller.
 ///
 /// The lock is held for one record's hash and one `write` into the page
 /// cache, a few microseconds, so a contended appender first spins on
@@ -188,9 +198,9 @@ pub(crate) fn lock_for_append<T>(core: &Mutex<T>) -> Result<MutexGuard<'_, T>, L
 /// hints in all, about 5–20 µs on current x86-64 cores.
 const APPEND_SPIN_ROUNDS: u32 = 16;
 
-/// The writer thread: queued commands (appends in sync mode, control
-/// operations, wake-ups), timers (batched fsync, checkpoints, segment
-/// age), and the final checkpoint when the last handle goes away.
+/// The writer thread: queued commands (control operations, wake-ups),
+/// timers (the next fdatasync, checkpoints, segment age), and the final
+/// checkpoint when the last handle goes away.
 pub(crate) fn run(core: Core, rx: Receiver<Command>) {
     // A crash between filling a segment and opening the next one leaves a
     // full segment; seal it before taking new records.
@@ -228,32 +238,25 @@ pub(crate) fn run(core: Core, rx: Receiver<Command>) {
     }
 }
 
-/// Runs the timers. A due batched fsync runs without the lock held, so
-/// that appends (written by their callers in batched mode) are not held up
-/// by the disk. Returns how long the thread may sleep, or `None` once the
-/// writer is gone.
+/// Runs the timers. A due fsync runs without the lock held, so that
+/// appends (written by their callers) are not held up by the disk.
+/// Returns how long the thread may sleep, or `None` once the writer is
+/// gone.
 fn tick_unlocked(core: &Mutex<Option<Writer>>) -> Option<Duration> {
     let mut guard = lock(core).ok()?;
     let Some(job) = guard.as_mut()?.tick() else {
         return Some(guard.as_ref()?.next_timeout());
     };
     drop(guard);
-    let started = Instant::now();
-    let result = job.file.sync_data();
-    if result.is_ok() {
-        let took = started.elapsed();
-        job.shared.stats.note_fsync(took);
-        if let Some(observe) = &job.on_fsync {
-            observe(took);
-        }
-    }
+    let result = job.run();
     let mut guard = lock(core).ok()?;
     let writer = guard.as_mut()?;
     writer.synced(&job, result);
     Some(writer.next_timeout())
 }
 
-/// A batched-mode fdatasync, run without the writer's lock.
+/// An fdatasync run without the writer's lock: by the writer thread, or
+/// in sync mode by an appender that leads a group.
 pub(crate) struct SyncJob {
     /// A duplicate of the open segment's descriptor.
     file: File,
@@ -262,28 +265,50 @@ pub(crate) struct SyncJob {
     first_seq: u64,
     /// Bytes written to it when the job was made.
     len: u64,
+    /// Records written when the job was made: the job makes them durable.
+    size: u64,
     made: Instant,
     shared: Arc<Shared>,
     on_fsync: Option<FsyncObserver>,
 }
 
+impl SyncJob {
+    /// fdatasyncs, and counts it.
+    pub(crate) fn run(&self) -> std::io::Result<()> {
+        let started = Instant::now();
+        let result = self.file.sync_data();
+        if result.is_ok() {
+            let took = started.elapsed();
+            self.shared.stats.note_fsync(took);
+            if let Some(observe) = &self.on_fsync {
+                observe(took);
+            }
+        }
+        result
+    }
+}
+
+/// What [`Writer::append_here`] did.
+pub(crate) struct Written {
+    /// Resolves once the record is durable (batched: already resolved).
+    pub(crate) ticket: oneshot::Receiver<Result<Appended, LedgerError>>,
+    /// Sync mode, no fsync in flight: the caller leads this one, without
+    /// the lock, and hands the outcome to [`Writer::synced`].
+    pub(crate) lead: Option<SyncJob>,
+    /// The writer thread must be woken (a new unsynced window began, or a
+    /// checkpoint is due by count).
+    pub(crate) wake: bool,
+}
+
 impl Writer {
     /// Handles `first` and everything queued behind it (up to
-    /// [`MAX_GROUP`]) as one group commit. Returns `true` on shutdown.
+    /// [`MAX_GROUP`]). Returns `true` on shutdown.
     fn handle(&mut self, first: Command, rx: &Receiver<Command>) -> bool {
         self.adopt_failure();
         let mut next = Some(first);
         let mut handled = 0;
         while let Some(cmd) = next.take() {
             match cmd {
-                Command::Append {
-                    record,
-                    prefix,
-                    reply,
-                } => {
-                    self.shared.depth.fetch_sub(1, Relaxed);
-                    self.stage(&record, Some(prefix), Some(reply));
-                }
                 Command::Wake => {}
                 Command::Shutdown { reply } => {
                     let _ = reply.send(self.finish());
@@ -310,53 +335,135 @@ impl Writer {
         false
     }
 
-    /// Batched mode: writes one record on the caller's thread, under the
-    /// lock, instead of handing it to the writer thread and back. The
-    /// record is in the page cache when this returns (a process crash
-    /// cannot lose it); the writer thread fsyncs within `max_delay`.
-    /// Returns the result and whether the writer thread must be woken (a
-    /// new unsynced window began, or a checkpoint is due by count).
+    /// Writes one record on the caller's thread, under the lock, instead
+    /// of handing it to the writer thread and back. The record is in the
+    /// page cache when this returns (a process crash cannot lose it).
+    ///
+    /// Batched mode: the ticket is resolved; the writer thread fsyncs
+    /// within `max_delay`. Sync mode: the ticket resolves once an
+    /// fdatasync covers the record; if none is in flight and the caller
+    /// `may_lead` (it may block), it gets one to lead, and otherwise the
+    /// writer thread is woken to run it.
     pub(crate) fn append_here(
         &mut self,
         record: &PreEncoded,
         prefix: LeafHasher,
-    ) -> (Result<Appended, LedgerError>, bool) {
+        may_lead: bool,
+    ) -> Result<Written, LedgerError> {
         if self.shared.closed.load(Relaxed) {
-            return (Err(LedgerError::ShutDown), false);
+            return Err(LedgerError::ShutDown);
         }
         self.adopt_failure();
-        let (reply, mut rx) = oneshot::channel();
+        if let Some(err) = self.unavailable() {
+            return Err(err);
+        }
+        let sync = matches!(self.durability, Durability::Sync);
+        if sync && self.waiting.len() >= self.shared.capacity {
+            self.shared.stats.note_rejected();
+            return Err(LedgerError::Backpressure {
+                capacity: self.shared.capacity,
+            });
+        }
+        let (reply, ticket) = oneshot::channel();
         let was_synced = self.unsynced_since.is_none();
         self.stage(record, Some(prefix), Some(reply));
-        self.commit();
+        let mut lead = None;
+        if sync {
+            self.write_waiting();
+            if may_lead && self.next_group_due() {
+                lead = self.sync_job();
+            }
+        } else {
+            self.commit();
+        }
         let signed = self.cp_size.unwrap_or(0);
-        let wake = (was_synced && self.unsynced_since.is_some())
+        let wake = (!sync && was_synced && self.unsynced_since.is_some())
+            || (sync && self.next_group_due())
             || self.frontier.size().saturating_sub(signed) == self.every_records;
-        let result = rx.try_recv().unwrap_or_else(|_| {
-            Err(self.unavailable().unwrap_or(LedgerError::Unavailable {
-                reason: "the record was not written".into(),
-            }))
-        });
-        (result, wake)
+        Ok(Written { ticket, lead, wake })
+    }
+
+    /// Sync mode: writes the staged records and queues their tickets until
+    /// an fdatasync covers them.
+    fn write_waiting(&mut self) {
+        if self.write_buf().is_none() {
+            return;
+        }
+        self.unsynced_since.get_or_insert_with(Instant::now);
+        for (reply, appended) in self.pending.drain(..) {
+            if let Some(reply) = reply {
+                self.waiting.push_back((reply, appended));
+            }
+        }
+        self.shared.depth.store(self.waiting.len(), Relaxed);
+    }
+
+    /// Makes an fsync of the open segment to run without the lock, and
+    /// marks it in flight. `None` if the descriptor cannot be duplicated
+    /// (the writer has then failed).
+    fn sync_job(&mut self) -> Option<SyncJob> {
+        match self.seg.file.try_clone() {
+            Ok(file) => {
+                self.syncing = true;
+                Some(SyncJob {
+                    file,
+                    path: self.seg.path.clone(),
+                    first_seq: self.seg.first_seq,
+                    len: self.seg.len,
+                    size: self.frontier.size(),
+                    made: Instant::now(),
+                    shared: Arc::clone(&self.shared),
+                    on_fsync: self.on_fsync.clone(),
+                })
+            }
+            Err(e) => {
+                let err = LedgerError::io("dup", &self.seg.path, e);
+                self.fail(err);
+                None
+            }
+        }
+    }
+
+    /// Resolves the waiting tickets of every record below `size`, now
+    /// durable.
+    fn mark_durable(&mut self, size: u64) {
+        self.durable = self.durable.max(size);
+        while self
+            .waiting
+            .front()
+            .is_some_and(|(_, appended)| appended.seq < self.durable)
+        {
+            if let Some((reply, appended)) = self.waiting.pop_front() {
+                let _ = reply.send(Ok(appended));
+            }
+        }
+        self.shared.depth.store(self.waiting.len(), Relaxed);
+    }
+
+    /// Whether records wait for an fsync that nobody runs yet: the writer
+    /// thread must start the next group.
+    pub(crate) fn next_group_due(&self) -> bool {
+        !self.syncing && !self.waiting.is_empty() && self.failed.is_none()
     }
 
     /// Takes the outcome of a [`SyncJob`].
-    fn synced(&mut self, job: &SyncJob, result: std::io::Result<()>) {
+    pub(crate) fn synced(&mut self, job: &SyncJob, result: std::io::Result<()>) {
+        self.syncing = false;
         if let Err(e) = result {
             self.fail(LedgerError::io("fsync", &job.path, e));
             return;
         }
-        if self.seg.first_seq != job.first_seq {
-            // Sealed meanwhile: sealing synced that segment, and the new
-            // one keeps its own unsynced window.
-            return;
+        if self.seg.first_seq == job.first_seq {
+            self.unsynced_since = if self.seg.len == job.len {
+                None
+            } else {
+                // Written after the job was made: unsynced since then at most.
+                Some(job.made)
+            };
         }
-        self.unsynced_since = if self.seg.len == job.len {
-            None
-        } else {
-            // Written after the job was made: unsynced since then at most.
-            Some(job.made)
-        };
+        // Otherwise the segment was sealed meanwhile: sealing synced it, and
+        // the new one keeps its own unsynced window.
+        self.mark_durable(job.size);
     }
 
     fn unavailable(&self) -> Option<LedgerError> {
@@ -373,6 +480,10 @@ impl Writer {
                 let _ = reply.send(Err(err.clone()));
             }
         }
+        for (reply, _) in self.waiting.drain(..) {
+            let _ = reply.send(Err(err.clone()));
+        }
+        self.shared.depth.store(0, Relaxed);
         self.buf.clear();
         self.failed.get_or_insert(err);
     }
@@ -468,17 +579,9 @@ impl Writer {
     /// Writes the buffered group, syncs it in sync mode, and resolves its
     /// tickets.
     fn commit(&mut self) {
-        if self.buf.is_empty() || self.failed.is_some() {
+        if self.write_buf().is_none() {
             return;
         }
-        if let Err(e) = self.seg.file.write_all(&self.buf) {
-            let err = LedgerError::io("write", &self.seg.path, e);
-            self.fail(err);
-            return;
-        }
-        let bytes = self.buf.len() as u64;
-        self.seg.len += bytes;
-        self.buf.clear();
         match self.durability {
             Durability::Sync => {
                 if self.sync().is_err() {
@@ -489,15 +592,33 @@ impl Writer {
                 self.unsynced_since.get_or_insert_with(Instant::now);
             }
         }
-        self.shared.size.store(self.frontier.size(), Relaxed);
-        self.shared
-            .stats
-            .note_group(self.pending.len() as u64, bytes);
         for (reply, appended) in self.pending.drain(..) {
             if let Some(reply) = reply {
                 let _ = reply.send(Ok(appended));
             }
         }
+    }
+
+    /// Writes the staged records with one `write`. Returns the bytes
+    /// written, or `None` if there was nothing to write or the write
+    /// failed (the writer has then failed).
+    fn write_buf(&mut self) -> Option<u64> {
+        if self.buf.is_empty() || self.failed.is_some() {
+            return None;
+        }
+        if let Err(e) = self.seg.file.write_all(&self.buf) {
+            let err = LedgerError::io("write", &self.seg.path, e);
+            self.fail(err);
+            return None;
+        }
+        let bytes = self.buf.len() as u64;
+        self.seg.len += bytes;
+        self.buf.clear();
+        self.shared.size.store(self.frontier.size(), Relaxed);
+        self.shared
+            .stats
+            .note_group(self.pending.len() as u64, bytes);
+        Some(bytes)
     }
 
     /// fdatasyncs the open segment.
@@ -514,6 +635,7 @@ impl Writer {
             observe(took);
         }
         self.unsynced_since = None;
+        self.mark_durable(self.frontier.size());
         Ok(())
     }
 
@@ -632,7 +754,9 @@ impl Writer {
     }
 
     /// Runs the timers: periodic checkpoints and segment age. Returns the
-    /// batched fsync that is due, for the caller to run without the lock.
+    /// fsync that is due (batched: `max_delay` after the first unsynced
+    /// write; sync: records wait and no fsync is in flight), for the caller
+    /// to run without the lock.
     fn tick(&mut self) -> Option<SyncJob> {
         if self.failed.is_some() {
             return None;
@@ -650,33 +774,22 @@ impl Writer {
         {
             self.seal();
         }
-        let (Some(since), Durability::Batched { max_delay }) =
-            (self.unsynced_since, self.durability)
-        else {
+        if self.failed.is_some() || self.syncing {
             return None;
+        }
+        let due = match self.durability {
+            Durability::Sync => !self.waiting.is_empty(),
+            Durability::Batched { max_delay } => self
+                .unsynced_since
+                .is_some_and(|since| now.duration_since(since) >= max_delay),
         };
-        if self.failed.is_some() || now.duration_since(since) < max_delay {
-            return None;
-        }
-        match self.seg.file.try_clone() {
-            Ok(file) => Some(SyncJob {
-                file,
-                path: self.seg.path.clone(),
-                first_seq: self.seg.first_seq,
-                len: self.seg.len,
-                made: now,
-                shared: Arc::clone(&self.shared),
-                on_fsync: self.on_fsync.clone(),
-            }),
-            Err(e) => {
-                let err = LedgerError::io("dup", &self.seg.path, e);
-                self.fail(err);
-                None
-            }
-        }
+        if due { self.sync_job() } else { None }
     }
 
     fn next_timeout(&self) -> Duration {
+        if self.next_group_due() {
+            return Duration::ZERO;
+        }
         let now = Instant::now();
         let mut timeout = MAX_IDLE;
         if let (Some(since), Durability::Batched { max_delay }) =
