@@ -33,15 +33,15 @@ const COMMAND_SLOTS: usize = 64;
 
 /// The audit ledger: the single writer of one ledger directory.
 ///
-/// An append is written by the appending thread itself, under the
-/// writer's lock: one `write` into the page cache. In `batched` mode that
-/// is all (the writer thread fdatasyncs within `max_delay`, without the
-/// lock). In `sync` mode the record's ticket resolves once an fdatasync
-/// covers it: the appender runs that fdatasync itself if none is in
-/// flight (inside [`tokio::task::block_in_place`] on a multi-threaded
+/// An append is taken by the appending thread itself, under the writer's
+/// lock. In `batched` mode it writes the record (one `write` into the page
+/// cache), and that is all (the writer thread fdatasyncs within
+/// `max_delay`, without the lock). In `sync` mode the record's ticket
+/// resolves once an fdatasync covers it: the appender writes what is
+/// staged and runs that fdatasync itself if none is in flight (inside [`tokio::task::block_in_place`] on a multi-threaded
 /// runtime; never on a current-thread runtime, where the writer thread
-/// does it), and otherwise waits for the next group, which the writer
-/// thread syncs. Share it behind an `Arc`.
+/// does it), and otherwise leaves the record staged for the next group,
+/// which the writer thread writes and syncs. Share it behind an `Arc`.
 ///
 /// Dropping the ledger without [`shutdown`](Self::shutdown) still syncs
 /// what waits and signs a final checkpoint, and waits for that on the
@@ -308,7 +308,7 @@ impl Ledger {
         ))
     }
 
-    /// Writes a record; the ledger assigns its `seq` and `ts`. Await the
+    /// Appends a record; the ledger assigns its `seq` and `ts`. Await the
     /// ticket for durability. In sync mode, when no fdatasync is in flight,
     /// this call runs one itself before it returns (the ticket is then
     /// resolved); otherwise it never waits for the disk.

@@ -3,7 +3,7 @@
 //!
 //! - [`Ledger::open`] takes the directory lock, loads or creates the
 //!   signing key, recovers after a crash and starts the writer thread.
-//! - [`Ledger::append`] writes a [`RecordBody`](custos_record::RecordBody)
+//! - [`Ledger::append`] takes a [`RecordBody`](custos_record::RecordBody)
 //!   on the caller's thread, under the writer's lock, and returns an
 //!   [`AppendTicket`] that resolves once the record is durable. In sync
 //!   mode the fdatasyncs are group commits: one at a time, each covering

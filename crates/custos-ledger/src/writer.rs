@@ -2,22 +2,24 @@
 //! retention. Its state sits behind one mutex ([`Core`]); whoever holds it
 //! is the only one touching segment files.
 //!
-//! Appends are written by the appending thread: it takes the lock, hashes
-//! its record into the frontier and writes it with one `write` into the
-//! page cache. Handing each record to a writer thread and back cost two
-//! thread wake-ups per request (issue #8).
+//! Appends are handled by the appending thread: it takes the lock and
+//! hashes its record into the frontier. Handing each record to a writer
+//! thread and back cost two thread wake-ups per request (issue #8).
 //!
-//! In batched mode that is all: the writer thread fdatasyncs `max_delay`
-//! after the first unsynced write, on a duplicate descriptor and *without*
-//! the lock, so appends go on meanwhile.
+//! In batched mode the appender also writes its record (one `write` into
+//! the page cache), and that is all: the writer thread fdatasyncs
+//! `max_delay` after the first unsynced write, on a duplicate descriptor
+//! and *without* the lock, so appends go on meanwhile.
 //!
-//! In sync mode the record then waits for an fdatasync that covers it
-//! (group commit, leader and followers). If no fdatasync is in flight, the
-//! appender leads one itself, on its own thread, without the lock; records
-//! written while it runs wait, and the writer thread syncs them as the next
-//! group as soon as it ends, and so on while records keep arriving. One
-//! connection's request therefore costs one fdatasync and no hand-off;
-//! under load the groups grow and the fsyncs stay one at a time.
+//! In sync mode the record waits for an fdatasync that covers it (group
+//! commit, leader and followers). If no fdatasync is in flight, the
+//! appender writes what is staged and leads the fdatasync itself, on its
+//! own thread, without the lock. Records appended while it runs are only
+//! staged in the writer's buffer; as soon as it ends, the writer thread
+//! writes them with one `write` and syncs them as the next group, and so
+//! on while records keep arriving. One connection's request therefore
+//! costs one write, one fdatasync and no hand-off; under load the groups
+//! grow and the fsyncs stay one at a time.
 //!
 //! The writer thread also runs the timers: checkpoints and segment age,
 //! and the control operations (checkpoint, rotation, purge, shutdown).
@@ -331,19 +333,21 @@ impl Writer {
                 next = rx.try_recv().ok();
             }
         }
-        self.commit();
+        // Records staged in sync mode are left to the timers' next group,
+        // whose fsync runs without the lock.
         false
     }
 
-    /// Writes one record on the caller's thread, under the lock, instead
-    /// of handing it to the writer thread and back. The record is in the
-    /// page cache when this returns (a process crash cannot lose it).
+    /// Takes one record on the caller's thread, under the lock, instead
+    /// of handing it to the writer thread and back.
     ///
     /// Batched mode: the ticket is resolved; the writer thread fsyncs
     /// within `max_delay`. Sync mode: the ticket resolves once an
     /// fdatasync covers the record; if none is in flight and the caller
-    /// `may_lead` (it may block), it gets one to lead, and otherwise the
-    /// writer thread is woken to run it.
+    /// `may_lead` (it may block), the staged records are written and the
+    /// caller gets their fsync to lead; otherwise the record stays staged
+    /// for the next group (and the writer thread is woken if nobody else
+    /// will start it).
     pub(crate) fn append_here(
         &mut self,
         record: &PreEncoded,
@@ -358,7 +362,7 @@ impl Writer {
             return Err(err);
         }
         let sync = matches!(self.durability, Durability::Sync);
-        if sync && self.waiting.len() >= self.shared.capacity {
+        if sync && self.waiting.len() + self.pending.len() >= self.shared.capacity {
             self.shared.stats.note_rejected();
             return Err(LedgerError::Backpressure {
                 capacity: self.shared.capacity,
@@ -369,10 +373,19 @@ impl Writer {
         self.stage(record, Some(prefix), Some(reply));
         let mut lead = None;
         if sync {
-            self.write_waiting();
-            if may_lead && self.next_group_due() {
-                lead = self.sync_job();
+            if may_lead && !self.syncing {
+                // No fsync in flight: write what is staged (this record,
+                // and any left by appenders that could not lead) and
+                // lead the fsync of it.
+                self.write_waiting();
+                if self.next_group_due() {
+                    lead = self.sync_job();
+                }
             }
+            // Otherwise the record stays staged: whoever ends the fsync in
+            // flight, or the writer thread, writes it with the rest of the
+            // next group, one `write` for all of them.
+            self.update_depth();
         } else {
             self.commit();
         }
@@ -383,8 +396,8 @@ impl Writer {
         Ok(Written { ticket, lead, wake })
     }
 
-    /// Sync mode: writes the staged records and queues their tickets until
-    /// an fdatasync covers them.
+    /// Sync mode: writes the staged records with one `write` and queues
+    /// their tickets until an fdatasync covers them.
     fn write_waiting(&mut self) {
         if self.write_buf().is_none() {
             return;
@@ -395,7 +408,14 @@ impl Writer {
                 self.waiting.push_back((reply, appended));
             }
         }
-        self.shared.depth.store(self.waiting.len(), Relaxed);
+        self.update_depth();
+    }
+
+    /// Sync mode: records not yet durable, staged or written.
+    fn update_depth(&self) {
+        self.shared
+            .depth
+            .store(self.waiting.len() + self.pending.len(), Relaxed);
     }
 
     /// Makes an fsync of the open segment to run without the lock, and
@@ -437,13 +457,16 @@ impl Writer {
                 let _ = reply.send(Ok(appended));
             }
         }
-        self.shared.depth.store(self.waiting.len(), Relaxed);
+        self.update_depth();
     }
 
-    /// Whether records wait for an fsync that nobody runs yet: the writer
-    /// thread must start the next group.
+    /// Sync mode: whether records (written or staged) wait for an fsync
+    /// that nobody runs yet: the writer thread must start the next group.
     pub(crate) fn next_group_due(&self) -> bool {
-        !self.syncing && !self.waiting.is_empty() && self.failed.is_none()
+        matches!(self.durability, Durability::Sync)
+            && !self.syncing
+            && (!self.waiting.is_empty() || !self.pending.is_empty())
+            && self.failed.is_none()
     }
 
     /// Takes the outcome of a [`SyncJob`].
@@ -597,6 +620,7 @@ impl Writer {
                 let _ = reply.send(Ok(appended));
             }
         }
+        self.update_depth();
     }
 
     /// Writes the staged records with one `write`. Returns the bytes
@@ -778,7 +802,10 @@ impl Writer {
             return None;
         }
         let due = match self.durability {
-            Durability::Sync => !self.waiting.is_empty(),
+            Durability::Sync => {
+                self.write_waiting();
+                !self.waiting.is_empty()
+            }
             Durability::Batched { max_delay } => self
                 .unsynced_since
                 .is_some_and(|since| now.duration_since(since) >= max_delay),

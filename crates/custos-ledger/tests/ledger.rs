@@ -547,9 +547,9 @@ async fn a_lone_sync_append_leads_its_own_fsync() {
     }
     ledger.shutdown().await.unwrap();
 }
-/// Sync mode under load: records written while an fdatasync runs wait for
-/// the next one, which the writer thread runs for all of them at once as
-/// soon as the first ends.
+/// Sync mode under load: records appended while an fdatasync runs are
+/// staged; as soon as it ends, the writer thread writes all of them with
+/// one `write` and syncs them with one fdatasync.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_appends_during_an_fsync_form_the_next_group() {
     let tmp = TempDir::new("sync-group");
@@ -565,17 +565,14 @@ async fn sync_appends_during_an_fsync_form_the_next_group() {
     tokio::task::spawn_blocking(move || entered.recv().unwrap())
         .await
         .unwrap();
-    // Written, not durable: none of these may resolve while the first
-    // fsync is held, and none may start an fsync of its own.
+    // Staged, not durable: none of these may resolve while the first
+    // fsync is held, and none may write or start an fsync of its own.
     let mut tickets: Vec<_> = (1..=50)
         .map(|i| ledger.append(request(i)).unwrap())
         .collect();
     let text = fs::read_to_string(&segment_files(&tmp.ledger())[0]).unwrap();
-    assert_eq!(
-        text.lines().count(),
-        51,
-        "the followers are written at once"
-    );
+    assert_eq!(text.lines().count(), 1, "a follower wrote its own record");
+    assert_eq!(ledger.stats().snapshot().groups, 1);
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     for (i, ticket) in tickets.iter_mut().enumerate() {
         assert!(
@@ -596,8 +593,11 @@ async fn sync_appends_during_an_fsync_form_the_next_group() {
             .unwrap();
         assert_eq!(appended.seq, i as u64 + 1);
     }
-    // The leader's fsync and one more for the fifty.
+    // The leader's fsync, and one write and one fsync for the fifty.
     assert_eq!(fsyncs.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(ledger.stats().snapshot().groups, 2);
+    let text = fs::read_to_string(&segment_files(&tmp.ledger())[0]).unwrap();
+    assert_eq!(text.lines().count(), 51);
     assert_eq!(ledger.status().queue_depth, 0);
     assert_eq!(ledger.shutdown().await.unwrap(), 51);
     drop(ledger);
