@@ -30,7 +30,8 @@ pub struct LedgerStats {
 /// A copy of [`LedgerStats`] at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StatsSnapshot {
-    /// Records made durable and acknowledged.
+    /// Records written to segments. In sync mode they are counted when
+    /// written, just before the fdatasync that acknowledges them.
     pub appended: u64,
     /// `write` calls on segments (one per append written by its caller;
     /// records per fdatasync is `appended / fsyncs`).
