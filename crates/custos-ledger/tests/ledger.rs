@@ -476,6 +476,22 @@ fn hold_first_fsync(
     (entered_rx, release_tx, count)
 }
 
+/// Appends record 0 on a plain thread, which leads the fsync that
+/// [`hold_first_fsync`] holds; returns once it is held.
+async fn lead_held_fsync(
+    ledger: &std::sync::Arc<Ledger>,
+    entered: std::sync::mpsc::Receiver<()>,
+) -> std::thread::JoinHandle<Result<custos_ledger::Appended, LedgerError>> {
+    let leader = {
+        let ledger = ledger.clone();
+        std::thread::spawn(move || ledger.append(request(0)).unwrap().wait())
+    };
+    tokio::task::spawn_blocking(move || entered.recv().unwrap())
+        .await
+        .unwrap();
+    leader
+}
+
 /// Sync mode: `queue_capacity` records may wait for an fdatasync; the next
 /// append fails at once, without being written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -488,13 +504,7 @@ async fn a_full_queue_fails_fast_with_backpressure() {
     let ledger = std::sync::Arc::new(ledger);
     // The first append leads its own fsync, which is held: nothing else
     // becomes durable meanwhile.
-    let leader = {
-        let ledger = ledger.clone();
-        std::thread::spawn(move || ledger.append(request(0)).unwrap().wait())
-    };
-    tokio::task::spawn_blocking(move || entered.recv().unwrap())
-        .await
-        .unwrap();
+    let leader = lead_held_fsync(&ledger, entered).await;
     let queued: Vec<_> = (1..=4)
         .map(|i| ledger.append(request(i)).unwrap())
         .collect();
@@ -558,13 +568,7 @@ async fn sync_appends_during_an_fsync_form_the_next_group() {
     let (entered, release, fsyncs) = hold_first_fsync(&mut o);
     let (ledger, _) = open(&tmp.ledger(), o, clock.clone());
     let ledger = std::sync::Arc::new(ledger);
-    let leader = {
-        let ledger = ledger.clone();
-        std::thread::spawn(move || ledger.append(request(0)).unwrap().wait())
-    };
-    tokio::task::spawn_blocking(move || entered.recv().unwrap())
-        .await
-        .unwrap();
+    let leader = lead_held_fsync(&ledger, entered).await;
     // Staged, not durable: none of these may resolve while the first
     // fsync is held, and none may write or start an fsync of its own.
     let mut tickets: Vec<_> = (1..=50)
