@@ -65,17 +65,12 @@ impl std::fmt::Debug for Ledger {
 }
 
 /// Resolves when an appended record is durable; see [`Ledger::append`].
+/// Resolved by whoever makes the record durable: at once in batched mode,
+/// by the fdatasync that covers it in sync mode.
 #[derive(Debug)]
 #[must_use = "an append is only durable once its ticket resolves"]
 pub struct AppendTicket {
-    state: Ticket,
-}
-
-#[derive(Debug)]
-enum Ticket {
-    /// Resolved by whoever makes the record durable: at once in batched
-    /// mode, by the fdatasync that covers it in sync mode.
-    Queued(oneshot::Receiver<Result<Appended, LedgerError>>),
+    rx: oneshot::Receiver<Result<Appended, LedgerError>>,
 }
 
 fn writer_gone() -> LedgerError {
@@ -88,11 +83,9 @@ impl Future for AppendTicket {
     type Output = Result<Appended, LedgerError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut self.state {
-            Ticket::Queued(rx) => Pin::new(rx)
-                .poll(cx)
-                .map(|r| r.unwrap_or_else(|_| Err(writer_gone()))),
-        }
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or_else(|_| Err(writer_gone())))
     }
 }
 
@@ -104,17 +97,16 @@ impl AppendTicket {
     /// # Errors
     ///
     /// The write or fsync error that lost the record.
-    pub fn wait(self) -> Result<Appended, LedgerError> {
-        match self.state {
-            Ticket::Queued(mut rx) => match rx.try_recv() {
-                // Resolved already (batched mode, or an appender that led
-                // its own fsync): no need to block, even inside a runtime.
-                Ok(result) => result,
-                Err(oneshot::error::TryRecvError::Closed) => Err(writer_gone()),
-                Err(oneshot::error::TryRecvError::Empty) => {
-                    rx.blocking_recv().unwrap_or_else(|_| Err(writer_gone()))
-                }
-            },
+    pub fn wait(mut self) -> Result<Appended, LedgerError> {
+        match self.rx.try_recv() {
+            // Resolved already (batched mode, or an appender that led its
+            // own fsync): no need to block, even inside a runtime.
+            Ok(result) => result,
+            Err(oneshot::error::TryRecvError::Closed) => Err(writer_gone()),
+            Err(oneshot::error::TryRecvError::Empty) => self
+                .rx
+                .blocking_recv()
+                .unwrap_or_else(|_| Err(writer_gone())),
         }
     }
 }
@@ -251,7 +243,6 @@ impl Ledger {
             .spawn(move || checkpointer.run(cp_rx))
             .map_err(|e| LedgerError::io("spawn checkpoint thread", dir, e))?;
 
-        let durable = recovered.frontier.size();
         let writer = Writer {
             layout,
             origin,
@@ -279,7 +270,6 @@ impl Ledger {
             buf: Vec::with_capacity(1 << 20),
             pending: Vec::with_capacity(1024),
             waiting: std::collections::VecDeque::new(),
-            durable,
             syncing: false,
             shared: Arc::clone(&shared),
             sink_tx,
@@ -366,9 +356,7 @@ impl Ledger {
             // timers anyway.
             let _ = tx.try_send(Command::Wake);
         }
-        Ok(AppendTicket {
-            state: Ticket::Queued(written.ticket),
-        })
+        Ok(AppendTicket { rx: written.ticket })
     }
 
     fn check_open(&self) -> Result<(), LedgerError> {

@@ -147,8 +147,6 @@ pub(crate) struct Writer {
     /// Sync mode: records written by their callers that wait for an
     /// fdatasync, oldest first.
     pub(crate) waiting: VecDeque<(Reply<Appended>, Appended)>,
-    /// Every record below this sequence number is fdatasynced.
-    pub(crate) durable: u64,
     /// A [`SyncJob`] is running without the lock.
     pub(crate) syncing: bool,
     pub(crate) shared: Arc<Shared>,
@@ -447,11 +445,10 @@ impl Writer {
     /// Resolves the waiting tickets of every record below `size`, now
     /// durable.
     fn mark_durable(&mut self, size: u64) {
-        self.durable = self.durable.max(size);
         while self
             .waiting
             .front()
-            .is_some_and(|(_, appended)| appended.seq < self.durable)
+            .is_some_and(|(_, appended)| appended.seq < size)
         {
             if let Some((reply, appended)) = self.waiting.pop_front() {
                 let _ = reply.send(Ok(appended));
