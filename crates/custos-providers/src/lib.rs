@@ -8,6 +8,7 @@
 //! enforced here, the same for every kind.
 
 pub mod body;
+mod h1;
 mod mock;
 mod openai;
 pub mod sse;

@@ -2,8 +2,10 @@
 //! the llama.cpp server, Together, Groq, Mistral…). Bodies pass through
 //! untouched; connections are pooled and kept alive per provider.
 //!
-//! The client is hyper's own pooled client with rustls, not a higher-level
-//! HTTP library: a gateway request needs no redirects, cookies or
+//! A plain `http://` upstream goes through [`crate::h1`]'s pool, whose
+//! connections are driven by the request's own task. Otherwise the client
+//! is hyper's own pooled client with rustls, not a higher-level HTTP
+//! library: a gateway request needs no redirects, cookies or
 //! decompression, and the URL of each endpoint is parsed once here instead
 //! of once or more per request (issue #8 measured reqwest's per-request
 //! URL handling at about 8 % of the instructions of a proxied request).
@@ -50,7 +52,10 @@ pub struct OpenAiProvider {
 
 /// How requests leave.
 enum Transport {
-    /// Straight to the upstream: the path taken unless a proxy applies.
+    /// Plain HTTP/1.1 straight to the upstream, on connections the
+    /// request's own task drives.
+    Plain(Arc<crate::h1::Pool>),
+    /// Straight to the upstream over TLS (HTTP/2 where offered).
     Direct(Box<HttpClient>),
     /// Through the outbound proxy the environment names for this upstream.
     Proxied(reqwest::Client),
@@ -145,13 +150,30 @@ impl OpenAiProvider {
         }
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         let urls = Box::new(EndpointUrls::parse(&settings.base_url).map_err(err)?);
-        let transport = match proxies.intercept(&urls.chat_completions) {
+        let url = &urls.chat_completions;
+        let transport = match proxies.intercept(url) {
             Some(proxy) => Transport::Proxied(
                 proxied_client(&proxy, settings, timeouts)
                     .map_err(|e| err(format!("proxy: {e}")))?,
             ),
+            None if url.scheme() == Some(&http::uri::Scheme::HTTP) => {
+                let host = url.host().unwrap_or_default();
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                Transport::Plain(Arc::new(crate::h1::Pool::new(
+                    host.to_owned(),
+                    url.port_u16().unwrap_or(80),
+                    timeouts.connect,
+                    settings.max_idle_connections,
+                )))
+            }
             None => Transport::Direct(Box::new(direct_client(settings, timeouts).map_err(err)?)),
         };
+        if let Some(authority) = url.authority() {
+            // hyper's connection-level client sends no `Host` of its own.
+            let host = HeaderValue::from_str(authority.as_str())
+                .map_err(|e| err(format!("base_url: {e}")))?;
+            headers.insert(http::header::HOST, host);
+        }
         Ok(OpenAiProvider {
             transport,
             urls,
@@ -178,6 +200,14 @@ impl OpenAiProvider {
         };
         headers.insert(ACCEPT, HeaderValue::from_static(accept));
         let (status, mut headers, body): (_, _, ByteStream) = match &self.transport {
+            Transport::Plain(pool) => {
+                // Origin form: the connection already is the upstream's.
+                if let Some(path) = request.uri().path_and_query().cloned() {
+                    *request.uri_mut() = Uri::from(path);
+                }
+                let (parts, body) = pool.send(request.map(Full::new)).await?.into_parts();
+                (parts.status, parts.headers, Box::pin(body))
+            }
             Transport::Direct(client) => {
                 let resp = client
                     .request(request.map(Full::new))
@@ -310,7 +340,7 @@ fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cur = e;
     while let Some(next) = cur.source() {
         cur = next;
@@ -423,7 +453,7 @@ mod tests {
             &Matcher::builder().build(),
         )
         .unwrap();
-        assert!(matches!(provider.transport, Transport::Direct(_)));
+        assert!(matches!(provider.transport, Transport::Plain(_)));
         assert_eq!(
             chat(&provider).await,
             (http::StatusCode::OK, ANSWER.to_owned())
@@ -488,7 +518,7 @@ mod tests {
             &rules,
         )
         .unwrap();
-        assert!(matches!(provider.transport, Transport::Direct(_)));
+        assert!(matches!(provider.transport, Transport::Plain(_)));
         assert_eq!(chat(&provider).await.0, http::StatusCode::OK);
         assert!(
             seen.recv()

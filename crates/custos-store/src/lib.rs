@@ -14,7 +14,8 @@
 //!   at-least-once contract).
 //! * Every key-changing commit bumps a generation counter and then rewrites
 //!   the `keys.generation` marker file, which a [`ChangeWatcher`] notices with
-//!   one `stat()` (see [`watch`] for the race analysis).
+//!   one non-blocking read of an inotify queue, or one `stat()` where inotify
+//!   is unavailable (see [`watch`] for the race analysis).
 //! * [`users`], [`sessions`] and [`tokens`] hold the admin console's
 //!   state: users with their password hash, sealed TOTP seed and hashed
 //!   recovery codes, sessions by ID hash, admin API tokens by hash. Every

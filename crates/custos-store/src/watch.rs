@@ -9,9 +9,15 @@
 //! 2. **After** the commit, the writer (server or `custos keys` CLI, any
 //!    process) writes `<data_dir>/keys.generation` to a temporary file in the
 //!    same directory and renames it over the marker.
-//! 3. A reader calls [`ChangeWatcher::changed`] on every request. It stats the
-//!    marker and compares device, inode, length, mtime and ctime with what it
-//!    saw last. On a difference it returns `true` once, and the caller reloads
+//! 3. A reader calls [`ChangeWatcher::changed`] on every request. On Linux
+//!    the watcher holds an inotify watch on the data directory, made before
+//!    it first looks at the marker, and `changed` is one non-blocking `read`
+//!    of that queue: the kernel queues the event inside the `rename` itself,
+//!    so a request that starts after the writer's `rename` returned finds it.
+//!    Where inotify is unavailable (or the watch is lost: the directory
+//!    moved, the queue overflowed), `changed` stats the marker instead and
+//!    compares device, inode, length, mtime and ctime with what it saw last.
+//!    Either way it returns `true` once per change, and the caller reloads
 //!    its snapshot with [`crate::keys::Keys::load_auth_snapshot`].
 //!
 //! # Race analysis
@@ -22,6 +28,12 @@
 //!   lands during the load makes the marker differ again and is picked up on
 //!   the next request: a change can cause an extra reload, never a missed
 //!   one.
+//! * With inotify, the event is queued by the kernel inside the writer's
+//!   `rename`, before it returns; the watch is added before the watcher's
+//!   first look, so nothing between the two is missed. The queue is read
+//!   until it is empty, so each batch of changes is reported once. A queue
+//!   overflow, or a watch that ends (the directory moved or removed), is
+//!   reported as a change, and the watcher stats from then on.
 //! * Rename is atomic: a reader sees the old or the new marker, never a
 //!   partial one, and each rewrite is a new inode, so even two rewrites
 //!   within one coarse timestamp tick differ.
@@ -49,7 +61,7 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// The marker's file name inside the data directory.
 pub const MARKER_FILE: &str = "keys.generation";
@@ -126,18 +138,16 @@ pub(crate) fn write_marker(path: &Path, generation: i64) -> std::io::Result<()> 
 }
 
 /// Tells whether the key marker changed since it was last looked at, at the
-/// cost of one `stat()`.
+/// cost of one non-blocking `read` of an inotify queue (one `stat()` where
+/// inotify is unavailable).
 ///
 /// Create it *before* loading the first snapshot. Then, per request:
 ///
 /// ```no_run
 /// # async fn f(store: &custos_store::Store, w: &custos_store::ChangeWatcher) -> Result<(), custos_store::StoreError> {
 /// if w.changed() {
-///     match store.keys().load_auth_snapshot().await {
-///         Ok(snapshot) => { /* swap it in */ let _ = snapshot; }
-///         // Keep serving from the old snapshot and try again next time.
-///         Err(_) => w.invalidate(),
-///     }
+///     let snapshot = store.keys().load_auth_snapshot().await?;
+///     // swap it in
 /// }
 /// # Ok(()) }
 /// ```
@@ -145,18 +155,37 @@ pub(crate) fn write_marker(path: &Path, generation: i64) -> std::io::Result<()> 
 pub struct ChangeWatcher {
     path: PathBuf,
     seen: Mutex<Option<Fingerprint>>,
-    forced: std::sync::atomic::AtomicBool,
+    forced: AtomicBool,
+    /// The inotify queue on the marker's directory; `None` when it could
+    /// not be set up, and ignored once `lost` is set.
+    events: Option<Events>,
+    /// The watch can no longer be trusted: `changed` stats from now on.
+    lost: AtomicBool,
 }
 
 impl ChangeWatcher {
     /// A watcher of the marker at `path`, taking its current state as seen.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         let path = path.into();
+        // The watch comes first, so that a change between the two is queued.
+        let events = Events::watch(&path);
+        Self::with_events(path, events)
+    }
+
+    /// A watcher that stats the marker on every call, as it does where
+    /// inotify is unavailable.
+    pub fn polling(path: impl Into<PathBuf>) -> Self {
+        Self::with_events(path.into(), None)
+    }
+
+    fn with_events(path: PathBuf, events: Option<Events>) -> Self {
         let seen = fingerprint(&path);
         ChangeWatcher {
             path,
             seen: Mutex::new(seen),
-            forced: std::sync::atomic::AtomicBool::new(false),
+            forced: AtomicBool::new(false),
+            events,
+            lost: AtomicBool::new(false),
         }
     }
 
@@ -165,13 +194,37 @@ impl ChangeWatcher {
         &self.path
     }
 
+    /// Whether changes are noticed through inotify (`false`: by `stat`).
+    pub fn is_notified(&self) -> bool {
+        self.events.is_some() && !self.lost.load(Ordering::Acquire)
+    }
+
     /// Whether the marker changed since the last call that returned `true`
     /// (or since creation). Returns `true` once per observed change: reload
     /// right after, or call [`ChangeWatcher::invalidate`] if the reload
     /// fails.
     pub fn changed(&self) -> bool {
-        let now = fingerprint(&self.path);
         let forced = self.forced.swap(false, Ordering::AcqRel);
+        if let Some(events) = &self.events
+            && !self.lost.load(Ordering::Acquire)
+        {
+            match events.drain() {
+                Drained::Nothing => return forced,
+                Drained::Marker => {
+                    // Kept current for the stat fallback, should the watch
+                    // be lost later.
+                    *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = fingerprint(&self.path);
+                    return true;
+                }
+                Drained::Lost => {
+                    self.lost.store(true, Ordering::Release);
+                    *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = fingerprint(&self.path);
+                    // Whatever happened meanwhile is unknown: reload.
+                    return true;
+                }
+            }
+        }
+        let now = fingerprint(&self.path);
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         if *seen != now {
             *seen = now;
@@ -187,9 +240,201 @@ impl ChangeWatcher {
     }
 }
 
+/// A non-blocking inotify queue on the marker's directory.
+#[derive(Debug)]
+struct Events {
+    fd: rustix::fd::OwnedFd,
+    name: std::ffi::OsString,
+}
+
+/// What one drain of the queue found.
+#[derive(Debug, PartialEq, Eq)]
+enum Drained {
+    /// No event about the marker.
+    Nothing,
+    /// The marker was replaced, written, removed or touched.
+    Marker,
+    /// Events may have been missed (queue overflow) or the watch is gone
+    /// (the directory was moved or removed).
+    Lost,
+}
+
+impl Events {
+    /// Events that can change what a stat of the marker shows. Not
+    /// `MODIFY`: SQLite writes its files in the same directory all the
+    /// time, and the marker is only ever replaced by a rename.
+    fn flags() -> rustix::fs::inotify::WatchFlags {
+        use rustix::fs::inotify::WatchFlags as W;
+        W::CREATE
+            | W::CLOSE_WRITE
+            | W::MOVED_TO
+            | W::MOVED_FROM
+            | W::DELETE
+            | W::ATTRIB
+            | W::DELETE_SELF
+            | W::MOVE_SELF
+            | W::ONLYDIR
+    }
+
+    fn watch(path: &Path) -> Option<Events> {
+        use rustix::fs::inotify;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let name = path.file_name()?.to_owned();
+        let fd =
+            inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK).ok()?;
+        inotify::add_watch(&fd, dir, Self::flags()).ok()?;
+        Some(Events { fd, name })
+    }
+
+    /// Reads every queued event; one `read` that fails with `EAGAIN` when
+    /// nothing happened.
+    fn drain(&self) -> Drained {
+        use rustix::fs::inotify::{ReadFlags, Reader};
+        use std::os::unix::ffi::OsStrExt;
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+        let mut reader = Reader::new(&self.fd, &mut buf);
+        let mut found = Drained::Nothing;
+        loop {
+            let event = match reader.next() {
+                Ok(event) => event,
+                Err(rustix::io::Errno::AGAIN) => return found,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(_) => return Drained::Lost,
+            };
+            let flags = event.events();
+            if flags.intersects(
+                ReadFlags::QUEUE_OVERFLOW
+                    | ReadFlags::IGNORED
+                    | ReadFlags::DELETE_SELF
+                    | ReadFlags::MOVE_SELF
+                    | ReadFlags::UNMOUNT,
+            ) {
+                found = Drained::Lost;
+            } else if found == Drained::Nothing
+                && event
+                    .file_name()
+                    .is_some_and(|n| n.to_bytes() == self.name.as_bytes())
+            {
+                found = Drained::Marker;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            let dir = std::env::temp_dir().join(format!(
+                "custos-watch-{tag}-{}-{}",
+                std::process::id(),
+                TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+            ));
+            fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// What every watcher must notice, and what it must not.
+    fn sees_each_marker_change_once(w: &ChangeWatcher, dir: &Path) {
+        let marker = w.path().to_path_buf();
+        assert!(!w.changed(), "nothing happened yet");
+        write_marker(&marker, 1).unwrap();
+        assert!(w.changed());
+        assert!(!w.changed(), "one change is reported once");
+        // Other files in the directory come and go (SQLite's WAL, the
+        // marker's own temporary files, a console upload): no change.
+        fs::write(dir.join("custos.db-wal"), b"x").unwrap();
+        fs::write(dir.join("other.tmp"), b"y").unwrap();
+        fs::rename(dir.join("other.tmp"), dir.join("other")).unwrap();
+        fs::remove_file(dir.join("other")).unwrap();
+        assert!(!w.changed(), "unrelated files are not the marker");
+        // Several rewrites before the next look: one reload covers them.
+        for g in 2..5 {
+            write_marker(&marker, g).unwrap();
+        }
+        assert!(w.changed());
+        assert!(!w.changed());
+        // Removal and re-creation are changes too.
+        fs::remove_file(&marker).unwrap();
+        assert!(w.changed());
+        write_marker(&marker, 9).unwrap();
+        assert!(w.changed());
+        assert!(!w.changed());
+        w.invalidate();
+        assert!(w.changed(), "a failed reload asks again");
+        assert!(!w.changed());
+    }
+
+    #[test]
+    fn the_inotify_watcher_sees_every_change_once_and_nothing_else() {
+        let dir = TempDir::new("notify");
+        let marker = dir.0.join(MARKER_FILE);
+        write_marker(&marker, 0).unwrap();
+        let w = ChangeWatcher::new(&marker);
+        // Linux always has inotify; a limit on instances would make this a
+        // polling watcher, which the next test covers.
+        assert!(w.is_notified(), "inotify is expected on Linux");
+        sees_each_marker_change_once(&w, &dir.0);
+        assert!(w.is_notified());
+    }
+
+    #[test]
+    fn the_polling_watcher_sees_every_change_once_and_nothing_else() {
+        let dir = TempDir::new("poll");
+        let marker = dir.0.join(MARKER_FILE);
+        write_marker(&marker, 0).unwrap();
+        let w = ChangeWatcher::polling(&marker);
+        assert!(!w.is_notified());
+        sees_each_marker_change_once(&w, &dir.0);
+    }
+
+    #[test]
+    fn a_lost_watch_reloads_once_and_falls_back_to_stat() {
+        let dir = TempDir::new("lost");
+        let sub = dir.0.join("data");
+        fs::create_dir(&sub).unwrap();
+        let marker = sub.join(MARKER_FILE);
+        write_marker(&marker, 0).unwrap();
+        let w = ChangeWatcher::new(&marker);
+        assert!(w.is_notified());
+        // The data directory is moved away and a new one takes its place:
+        // the watch still follows the old directory.
+        fs::rename(&sub, dir.0.join("old")).unwrap();
+        assert!(w.changed(), "the watch is gone: reload");
+        assert!(!w.is_notified());
+        fs::create_dir(&sub).unwrap();
+        write_marker(&marker, 5).unwrap();
+        assert!(w.changed(), "the stat fallback sees the new marker");
+        assert!(!w.changed());
+    }
+
+    #[test]
+    fn a_watcher_created_before_a_change_never_misses_it() {
+        // The watch is set up before the first look at the marker, so a
+        // rewrite right after creation is seen by either path.
+        let dir = TempDir::new("race");
+        let marker = dir.0.join(MARKER_FILE);
+        for g in 0..50 {
+            let w = ChangeWatcher::new(&marker);
+            write_marker(&marker, g).unwrap();
+            assert!(w.changed(), "generation {g}");
+        }
+    }
 
     #[test]
     fn contents_length_follows_generation() {

@@ -77,7 +77,8 @@ pub async fn open(data_dir: &Path) -> anyhow::Result<(Arc<Store>, KeyMinter)> {
 }
 
 /// Feeds the gateway's key cache from the store; a change made by any
-/// process is noticed with one `stat()` of the change marker.
+/// process is noticed through the change marker (an inotify event, or one
+/// `stat()` where inotify is unavailable).
 pub struct StoreKeySource {
     store: Arc<Store>,
     watcher: ChangeWatcher,
