@@ -20,7 +20,11 @@
 # script prints, per thread and in total, the voluntary and involuntary
 # context switches and the CPU time per request (from /proc/PID/task/*),
 # over the same N sequential requests: what a request costs in thread
-# hand-offs, which instruction counts do not show.
+# hand-offs, which instruction counts do not show. With --switches,
+# CUSTOS_TRACE_WRAPPER runs the server under another tool, for example
+#   CUSTOS_TRACE_WRAPPER="perf record -e cpu-clock -g -o /tmp/perf.data"
+#   CUSTOS_TRACE_WRAPPER="strace -f -ff -o /tmp/st/t"
+# (the per-thread table then describes the wrapper, not the server).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -39,7 +43,7 @@ while [ $# -gt 0 ]; do
         --bin) bin="$2"; shift 2 ;;
         --out) out="$2"; shift 2 ;;
         --switches) switches=1; shift ;;
-        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -93,7 +97,7 @@ secret="$("$bin" keys create --name bench --models '*' --data-dir "$tmp/data" --
 # callgrind_control finds the process through files in its working dir.
 cd "$out"
 runner=(valgrind --tool=callgrind --compress-strings=no --callgrind-out-file="$out/callgrind.out.%p")
-[ "$switches" = 1 ] && runner=(env)
+[ "$switches" = 1 ] && runner=(${CUSTOS_TRACE_WRAPPER:-env})
 "${runner[@]}" "$bin" serve --config "$tmp/custos.toml" --data-dir "$tmp/data" \
     > "$tmp/serve.out" 2> "$tmp/serve.err" &
 vg=$!
