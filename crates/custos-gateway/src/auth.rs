@@ -181,6 +181,9 @@ pub struct Auth {
     source: Arc<dyn KeySource>,
     snapshot: RwLock<Arc<KeySnapshot>>,
     reload: tokio::sync::Mutex<()>,
+    /// Held while asking the source and recording what it said; see
+    /// [`Auth::current`].
+    check: Mutex<()>,
     wanted: AtomicU64,
     loaded: AtomicU64,
     limiter: RateLimiter,
@@ -214,6 +217,7 @@ impl Auth {
             source,
             snapshot: RwLock::new(Arc::new(first)),
             reload: tokio::sync::Mutex::new(()),
+            check: Mutex::new(()),
             wanted: AtomicU64::new(0),
             loaded: AtomicU64::new(0),
             limiter: RateLimiter::new(),
@@ -232,9 +236,17 @@ impl Auth {
     /// sees `loaded < wanted` and waits for the reload in progress instead of
     /// using the old snapshot; a change that lands during a reload bumps
     /// `wanted` again and triggers another.
+    ///
+    /// The question and the bump happen under `check`: otherwise a request
+    /// that asks just after another one consumed the change (and before
+    /// that one bumped `wanted`) would be told "no change" and use the old
+    /// snapshot, although it started after the change.
     async fn current(&self) -> Result<Arc<KeySnapshot>, AuthError> {
-        if self.source.changed() {
-            self.wanted.fetch_add(1, Ordering::SeqCst);
+        {
+            let _check = self.check.lock().unwrap_or_else(|e| e.into_inner());
+            if self.source.changed() {
+                self.wanted.fetch_add(1, Ordering::SeqCst);
+            }
         }
         if self.loaded.load(Ordering::SeqCst) < self.wanted.load(Ordering::SeqCst) {
             let _guard = self.reload.lock().await;

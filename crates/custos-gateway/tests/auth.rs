@@ -30,6 +30,12 @@ use secrecy::SecretSlice;
 struct MemorySource {
     snapshot: Mutex<KeySnapshot>,
     changed: AtomicBool,
+    /// Holds the caller that consumes a change for 100 ms, as a watcher
+    /// that does more work after reading the change would (see
+    /// `a_request_racing_the_one_that_consumed_the_change_still_sees_it`).
+    slow_change: AtomicBool,
+    /// Signalled when a change is consumed while `slow_change` is set.
+    entered: tokio::sync::Notify,
     loads: AtomicUsize,
     stored_usage: Mutex<u64>,
     added: Mutex<Vec<(KeyId, SystemTime, u64)>>,
@@ -38,7 +44,13 @@ struct MemorySource {
 impl KeySource for MemorySource {
     /// Like the store's marker watcher, reports each change once.
     fn changed(&self) -> bool {
-        self.changed.swap(false, Ordering::SeqCst)
+        let changed = self.changed.swap(false, Ordering::SeqCst);
+        if changed && self.slow_change.load(Ordering::SeqCst) {
+            self.entered.notify_one();
+            // The worker's other tasks move on to another thread meanwhile.
+            tokio::task::block_in_place(|| std::thread::sleep(Duration::from_millis(100)));
+        }
+        changed
     }
     fn load(&self) -> BoxFuture<'_, Result<KeySnapshot, String>> {
         self.loads.fetch_add(1, Ordering::SeqCst);
@@ -100,6 +112,8 @@ async fn fixture() -> Fixture {
     let source = Arc::new(MemorySource {
         snapshot: Mutex::new(KeySnapshot::default()),
         changed: AtomicBool::new(false),
+        slow_change: AtomicBool::new(false),
+        entered: tokio::sync::Notify::new(),
         loads: AtomicUsize::new(0),
         stored_usage: Mutex::new(0),
         added: Mutex::new(Vec::new()),
@@ -479,6 +493,38 @@ async fn revocation_applies_to_the_very_next_request_under_load() {
     }
     // One reload, however many requests raced it.
     assert!(f.source.loads.load(Ordering::SeqCst) >= 2);
+}
+
+/// One request consumes the change signal and is still busy inside the
+/// check when the next one asks: the second must not be told "no change"
+/// and served from the old snapshot. (Found by the CLI revocation test
+/// once the store's watcher did a little more work after reading the
+/// change.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_racing_the_one_that_consumed_the_change_still_sees_it() {
+    let mut f = fixture().await;
+    let (victim_id, victim) = f.key(scope("gpt-4o"));
+    let (_, other) = f.key(scope("gpt-4o"));
+    assert_eq!(f.call(&victim, &gpt4o(false)).await.status(), 200);
+    f.source.slow_change.store(true, Ordering::SeqCst);
+    f.edit_key(victim_id, |k| k.revoked = true);
+    let gw = Arc::new(f.gw);
+    let post = |gw: Arc<TestGateway>, secret: String| async move {
+        gw.client
+            .post(gw.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .bearer_auth(secret)
+            .body(gpt4o(false).to_string())
+            .send()
+            .await
+            .unwrap()
+    };
+    let first = tokio::spawn(post(gw.clone(), other));
+    // The first request has consumed the change and is held inside the check.
+    f.source.entered.notified().await;
+    let resp = post(gw.clone(), victim).await;
+    assert_eq!(error_of(resp, 401).await["code"], "revoked_api_key");
+    assert_eq!(first.await.unwrap().status(), 200);
 }
 
 #[tokio::test]
