@@ -5,17 +5,30 @@
 //! for it on the client's behalf, notices `[DONE]` and error events, and keeps
 //! the generated text (bounded) for estimation. It never holds more than one
 //! incomplete event.
+//!
+//! Parsing every event's JSON was most of a stream's cost (issue #8), and
+//! most events can only contribute generated text, which is needed only if
+//! the upstream never reports usage. So an event is parsed at once only
+//! when its bytes could hold a usage object, an error or an escaped key
+//! (see `needs_parse`), and only for those; every event's data is kept, up
+//! to `DEFER_CAP` bytes, and parsed for its text only if the text is asked
+//! for (no usage came) or the cap is reached, in order, so the text comes
+//! out the same as parsing each event at once would give. With usage
+//! reported, the kept events are dropped unparsed.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use custos_types::Usage;
 
-use crate::usage::inspect_chunk;
+use crate::usage::{ChunkInfo, inspect_chunk};
 
 /// Largest single event accepted; larger means a broken or hostile upstream.
 pub const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
 
 /// Generated text kept for estimation when no usage arrives.
 const TEXT_CAP: usize = 1024 * 1024;
+
+/// Event data kept unparsed, at most, before it is parsed for its text.
+const DEFER_CAP: usize = 128 * 1024;
 
 /// Why a stream could not be relayed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,6 +49,9 @@ pub struct SseRelay {
     upstream_error: bool,
     events: u64,
     text: String,
+    /// Events' data not parsed yet: they can only hold generated text.
+    deferred: Vec<Vec<u8>>,
+    deferred_bytes: usize,
     held: BytesMut,
 }
 
@@ -51,6 +67,8 @@ impl SseRelay {
             upstream_error: false,
             events: 0,
             text: String::new(),
+            deferred: Vec::new(),
+            deferred_bytes: 0,
             held: BytesMut::new(),
         }
     }
@@ -120,8 +138,17 @@ impl SseRelay {
     }
 
     /// The generated text seen so far (bounded), for estimation.
-    pub fn generated_text(&self) -> &str {
+    pub fn generated_text(&mut self) -> &str {
+        self.parse_deferred();
         &self.text
+    }
+
+    /// Parses the deferred events for their text, in order.
+    fn parse_deferred(&mut self) {
+        for data in self.deferred.drain(..) {
+            inspect_chunk(&data, &mut self.text, TEXT_CAP);
+        }
+        self.deferred_bytes = 0;
     }
 
     /// Reads one event; returns whether to forward it.
@@ -147,7 +174,21 @@ impl SseRelay {
             self.done = true;
             return true;
         }
-        let info = inspect_chunk(&data, &mut self.text, TEXT_CAP);
+        let info = if self.deferred_bytes + data.len() <= DEFER_CAP {
+            // Usage and errors now, from the events that can hold them; the
+            // text later, in order, and only if it is asked for.
+            let info = if needs_parse(&data) {
+                inspect_chunk(&data, &mut String::new(), 0)
+            } else {
+                ChunkInfo::default()
+            };
+            self.deferred_bytes += data.len();
+            self.deferred.push(data);
+            info
+        } else {
+            self.parse_deferred();
+            inspect_chunk(&data, &mut self.text, TEXT_CAP)
+        };
         if info.is_error {
             self.upstream_error = true;
         }
@@ -156,6 +197,36 @@ impl SseRelay {
         }
         !(self.strip_usage && info.usage_only)
     }
+}
+
+/// Whether an event's data could hold a usage object or an error, and so
+/// must be parsed now. A `false` is certain: a `"usage"` key with an object
+/// value has the bytes `"usage"`, optional whitespace, `:`, optional
+/// whitespace and `{`; an `"error"` key has `"error"`; and a key spelled
+/// with `\u` escapes is caught by the escape itself. A `true` may be a
+/// false alarm (the same bytes inside a string), which only costs a parse.
+fn needs_parse(data: &[u8]) -> bool {
+    if memchr::memmem::find(data, b"\\u").is_some()
+        || memchr::memmem::find(data, b"\"error\"").is_some()
+    {
+        return true;
+    }
+    memchr::memmem::find_iter(data, b"\"usage\"").any(|at| {
+        let rest = &data[at + b"\"usage\"".len()..];
+        let rest = trim_start(rest);
+        match rest.split_first() {
+            Some((b':', value)) => trim_start(value).first() == Some(&b'{'),
+            _ => false,
+        }
+    })
+}
+
+fn trim_start(b: &[u8]) -> &[u8] {
+    let start = b
+        .iter()
+        .position(|c| !matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
+        .unwrap_or(b.len());
+    &b[start..]
 }
 
 /// Copies an event, removing the `"usage":null` members that exist only
@@ -224,6 +295,83 @@ mod tests {
 
     fn all() -> String {
         format!("{CONTENT}{CONTENT}{USAGE}{DONE}")
+    }
+
+    #[test]
+    fn only_events_that_could_carry_usage_or_an_error_are_parsed_at_once() {
+        let yes: &[&str] = &[
+            r#"{"choices":[],"usage":{"prompt_tokens":1}}"#,
+            r#"{"usage" :	{"prompt_tokens":1}}"#,
+            "{\"usage\":\n{}}",
+            r#"{"usage":null,"x":1,"usage":{"prompt_tokens":1}}"#,
+            r#"{"error":{"message":"overloaded"}}"#,
+            r#"{"error":null}"#,
+            r#"{"\u0075sage":{"prompt_tokens":1}}"#,
+            r#"{"choices":[{"delta":{"content":"caf\u00e9"}}]}"#,
+            // False alarms cost a parse, nothing else.
+            r#"{"choices":[{"delta":{},"finish_reason":"error"}]}"#,
+        ];
+        let no: &[&str] = &[
+            r#"{"choices":[{"delta":{"content":"Hi"}}],"usage":null}"#,
+            r#"{"choices":[{"delta":{"content":"Hi"}}]}"#,
+            r#"{"usage": [], "choices":[]}"#,
+            // Quotes inside a string are escaped, so no key can match.
+            r#"{"choices":[{"delta":{"content":"\"usage\": {"}}]}"#,
+            r#"{"choices":[{"delta":{"content":"\"error\""}}]}"#,
+            r#"{"choices":[{"delta":{"content":"usage"}}]}"#,
+        ];
+        for d in yes {
+            assert!(needs_parse(d.as_bytes()), "{d}");
+        }
+        for d in no {
+            assert!(!needs_parse(d.as_bytes()), "{d}");
+        }
+    }
+
+    /// A stream longer than the deferral cap, with events of every kind in
+    /// it: what the relay reports is what parsing each event at once gives.
+    #[test]
+    fn deferred_parsing_gives_the_same_text_usage_and_errors() {
+        let mut stream = String::new();
+        let mut expected = String::new();
+        for i in 0..3000 {
+            let piece = format!("t{i} ");
+            expected.push_str(&piece);
+            let event = match i {
+                // An escaped character: parsed at once, after the deferred.
+                700 => {
+                    expected.truncate(expected.len() - piece.len());
+                    expected.push_str("caf\u{e9} ");
+                    "data: {\"choices\":[{\"delta\":{\"content\":\"caf\\u00e9 \"}}],\"usage\":null}\n\n".to_owned()
+                }
+                1500 => {
+                    expected.truncate(expected.len() - piece.len());
+                    "data: {\"error\":{\"message\":\"blip\"}}\n\n".to_owned()
+                }
+                _ => format!(
+                    "data: {{\"id\":\"c\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{piece}\"}}}}],\"usage\":null}}\n\n"
+                ),
+            };
+            stream.push_str(&event);
+        }
+        let mut relay = SseRelay::new(true);
+        // In uneven pieces, as a network delivers them.
+        for piece in stream.as_bytes().chunks(977) {
+            relay.push(piece).unwrap();
+        }
+        relay.finish();
+        assert!(relay.saw_error());
+        assert_eq!(relay.usage(), None);
+        assert_eq!(relay.events(), 3000);
+        assert_eq!(relay.generated_text(), expected);
+
+        // With a usage chunk at the end, the usage is read and the text is
+        // still all there if asked for.
+        let mut relay = SseRelay::new(true);
+        relay.push(stream.as_bytes()).unwrap();
+        relay.push(USAGE.as_bytes()).unwrap();
+        assert_eq!(relay.usage().map(|u| u.total_tokens), Some(5));
+        assert_eq!(relay.generated_text(), expected);
     }
 
     #[test]
