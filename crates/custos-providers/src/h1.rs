@@ -253,6 +253,30 @@ impl PooledBody {
     }
 }
 
+impl Drop for PooledBody {
+    /// A body dropped right after its last byte, before anyone polled it to
+    /// its end (the stream relay stops reading at `[DONE]`), still leaves a
+    /// reusable connection: finish it here, without waiting. A body with
+    /// anything left to read closes its connection.
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        let mut cx = Context::from_waker(Waker::noop());
+        // The chunked terminator may already be buffered: one look.
+        if !self.incoming.is_end_stream() {
+            conn.drive(&mut cx);
+            match Pin::new(&mut self.incoming).poll_frame(&mut cx) {
+                Poll::Ready(None) => {}
+                Poll::Ready(Some(_)) | Poll::Pending => return,
+            }
+        }
+        if conn.drive(&mut cx) && conn.sender.is_ready() {
+            self.pool.checkin(conn);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(
@@ -406,6 +430,25 @@ mod tests {
         assert_eq!(pool.idle.lock().unwrap().len(), 0);
         assert_eq!(read_all(&pool).await, "{\"ok\":4}");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// The stream relay drops the body once it has seen `[DONE]`, before
+    /// polling it to its end: the connection is kept all the same.
+    #[tokio::test]
+    async fn a_body_dropped_after_its_last_byte_keeps_its_connection() {
+        let answer = "{\"ok\":5}";
+        let (port, accepted) = upstream("{\"ok\":5}", After::KeepAlive).await;
+        let pool = pool(port);
+        for _ in 0..5 {
+            let mut body = pool.send(request()).await.unwrap().into_body();
+            let mut got = Vec::new();
+            while got.len() < answer.len() {
+                got.extend_from_slice(&body.next().await.unwrap().unwrap());
+            }
+            assert_eq!(got, answer.as_bytes());
+            drop(body);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
