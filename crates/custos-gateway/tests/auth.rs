@@ -200,6 +200,19 @@ fn scope(models: &str) -> Scope {
     }
 }
 
+/// A chat request for `gpt-4o` with `secret`, on a gateway shared with
+/// other tasks.
+async fn post_gpt4o(gw: Arc<TestGateway>, secret: String) -> reqwest::Response {
+    gw.client
+        .post(gw.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .bearer_auth(secret)
+        .body(gpt4o(false).to_string())
+        .send()
+        .await
+        .unwrap()
+}
+
 fn gpt4o(stream: bool) -> serde_json::Value {
     let mut body = chat(stream);
     body["model"] = "gpt-4o".into();
@@ -450,32 +463,14 @@ async fn revocation_applies_to_the_very_next_request_under_load() {
         hammers.push(tokio::spawn(async move {
             let mut ok = 0;
             while !stop.load(Ordering::SeqCst) {
-                let resp = gw
-                    .client
-                    .post(gw.url("/v1/chat/completions"))
-                    .header("content-type", "application/json")
-                    .bearer_auth(&other)
-                    .body(gpt4o(false).to_string())
-                    .send()
-                    .await
-                    .unwrap();
+                let resp = post_gpt4o(gw.clone(), other.clone()).await;
                 assert_eq!(resp.status(), 200);
                 ok += 1;
             }
             ok
         }));
     }
-    let victim_call = |gw: Arc<TestGateway>, secret: String| async move {
-        gw.client
-            .post(gw.url("/v1/chat/completions"))
-            .header("content-type", "application/json")
-            .bearer_auth(secret)
-            .body(gpt4o(false).to_string())
-            .send()
-            .await
-            .unwrap()
-    };
-    assert_eq!(victim_call(gw.clone(), victim.clone()).await.status(), 200);
+    assert_eq!(post_gpt4o(gw.clone(), victim.clone()).await.status(), 200);
     f.source.edit(|s| {
         for e in s.secrets.values_mut() {
             if e.key.id == victim_id {
@@ -485,7 +480,7 @@ async fn revocation_applies_to_the_very_next_request_under_load() {
             }
         }
     });
-    let resp = victim_call(gw.clone(), victim).await;
+    let resp = post_gpt4o(gw.clone(), victim).await;
     assert_eq!(error_of(resp, 401).await["code"], "revoked_api_key");
     stop.store(true, Ordering::SeqCst);
     for h in hammers {
@@ -509,20 +504,10 @@ async fn a_request_racing_the_one_that_consumed_the_change_still_sees_it() {
     f.source.slow_change.store(true, Ordering::SeqCst);
     f.edit_key(victim_id, |k| k.revoked = true);
     let gw = Arc::new(f.gw);
-    let post = |gw: Arc<TestGateway>, secret: String| async move {
-        gw.client
-            .post(gw.url("/v1/chat/completions"))
-            .header("content-type", "application/json")
-            .bearer_auth(secret)
-            .body(gpt4o(false).to_string())
-            .send()
-            .await
-            .unwrap()
-    };
-    let first = tokio::spawn(post(gw.clone(), other));
+    let first = tokio::spawn(post_gpt4o(gw.clone(), other));
     // The first request has consumed the change and is held inside the check.
     f.source.entered.notified().await;
-    let resp = post(gw.clone(), victim).await;
+    let resp = post_gpt4o(gw.clone(), victim).await;
     assert_eq!(error_of(resp, 401).await["code"], "revoked_api_key");
     assert_eq!(first.await.unwrap().status(), 200);
 }
