@@ -445,16 +445,17 @@ impl Writer {
     /// Resolves the waiting tickets of every record below `size`, now
     /// durable.
     fn mark_durable(&mut self, size: u64) {
-        while self
+        let durable = self
             .waiting
-            .front()
-            .is_some_and(|(_, appended)| appended.seq < size)
-        {
-            if let Some((reply, appended)) = self.waiting.pop_front() {
-                let _ = reply.send(Ok(appended));
-            }
-        }
+            .iter()
+            .take_while(|(_, appended)| appended.seq < size)
+            .count();
+        let resolved: Vec<_> = self.waiting.drain(..durable).collect();
+        // The depth first: whoever a ticket wakes sees it already lowered.
         self.update_depth();
+        for (reply, appended) in resolved {
+            let _ = reply.send(Ok(appended));
+        }
     }
 
     /// Sync mode: whether records (written or staged) wait for an fsync
