@@ -38,7 +38,9 @@ const COMMAND_SLOTS: usize = 64;
 /// cache), and that is all (the writer thread fdatasyncs within
 /// `max_delay`, without the lock). In `sync` mode the record's ticket
 /// resolves once an fdatasync covers it: the appender writes what is
-/// staged and runs that fdatasync itself if none is in flight (inside [`tokio::task::block_in_place`] on a multi-threaded
+/// staged and runs that fdatasync itself if none is in flight and appends
+/// do not overlap (the last fdatasync covered one record; under
+/// concurrency the writer thread runs them all) (inside [`tokio::task::block_in_place`] on a multi-threaded
 /// runtime; never on a current-thread runtime, where the writer thread
 /// does it), and otherwise leaves the record staged for the next group,
 /// which the writer thread writes and syncs. Share it behind an `Arc`.
@@ -271,6 +273,7 @@ impl Ledger {
             pending: Vec::with_capacity(1024),
             waiting: std::collections::VecDeque::new(),
             syncing: false,
+            last_group: 0,
             shared: Arc::clone(&shared),
             sink_tx,
             sink_thread,

@@ -12,14 +12,17 @@
 //! and *without* the lock, so appends go on meanwhile.
 //!
 //! In sync mode the record waits for an fdatasync that covers it (group
-//! commit, leader and followers). If no fdatasync is in flight, the
+//! commit, leader and followers). If no fdatasync is in flight and appends
+//! do not overlap (the last fdatasync covered one caller's record), the
 //! appender writes what is staged and leads the fdatasync itself, on its
 //! own thread, without the lock. Records appended while it runs are only
 //! staged in the writer's buffer; as soon as it ends, the writer thread
 //! writes them with one `write` and syncs them as the next group, and so
 //! on while records keep arriving. One connection's request therefore
-//! costs one write, one fdatasync and no hand-off; under load the groups
-//! grow and the fsyncs stay one at a time.
+//! costs one write, one fdatasync and no hand-off. Under load the groups
+//! grow, the writer thread runs every fsync (one at a time), and no
+//! appender leads: on a tokio runtime, leading means `block_in_place`,
+//! which hands the worker's queue to another thread for every group.
 //!
 //! The writer thread also runs the timers: checkpoints and segment age,
 //! and the control operations (checkpoint, rotation, purge, shutdown).
@@ -149,6 +152,10 @@ pub(crate) struct Writer {
     pub(crate) waiting: VecDeque<(Reply<Appended>, Appended)>,
     /// A [`SyncJob`] is running without the lock.
     pub(crate) syncing: bool,
+    /// Sync mode: how many callers' records the last fdatasync made
+    /// durable. More than one means appends overlap, and the writer thread
+    /// runs the next fsync instead of an appender (see [`Self::append_here`]).
+    pub(crate) last_group: usize,
     pub(crate) shared: Arc<Shared>,
     pub(crate) sink_tx: Option<mpsc::Sender<(u64, String)>>,
     pub(crate) sink_thread: Option<JoinHandle<()>>,
@@ -371,7 +378,13 @@ impl Writer {
         self.stage(record, Some(prefix), Some(reply));
         let mut lead = None;
         if sync {
-            if may_lead && !self.syncing {
+            // An appender leads only while appends do not overlap (the last
+            // group was one record): then its own fsync is the fastest way
+            // to durability. Under concurrency, leading would hand its
+            // runtime worker to another thread for every group
+            // (`block_in_place`), which costs more than one wake-up of the
+            // writer thread, and the writer thread syncs group after group.
+            if may_lead && !self.syncing && self.last_group <= 1 {
                 // No fsync in flight: write what is staged (this record,
                 // and any left by appenders that could not lead) and
                 // lead the fsync of it.
@@ -451,6 +464,7 @@ impl Writer {
             .take_while(|(_, appended)| appended.seq < size)
             .count();
         let resolved: Vec<_> = self.waiting.drain(..durable).collect();
+        self.last_group = durable;
         // The depth first: whoever a ticket wakes sees it already lowered.
         self.update_depth();
         for (reply, appended) in resolved {

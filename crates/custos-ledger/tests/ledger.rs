@@ -484,7 +484,10 @@ async fn lead_held_fsync(
 ) -> std::thread::JoinHandle<Result<custos_ledger::Appended, LedgerError>> {
     let leader = {
         let ledger = ledger.clone();
-        std::thread::spawn(move || ledger.append(request(0)).unwrap().wait())
+        std::thread::Builder::new()
+            .name("custos-ledger-test-leader".into())
+            .spawn(move || ledger.append(request(0)).unwrap().wait())
+            .unwrap()
     };
     tokio::task::spawn_blocking(move || entered.recv().unwrap())
         .await
@@ -609,6 +612,68 @@ async fn sync_appends_during_an_fsync_form_the_next_group() {
     assert!(!report.was_unclean(), "{report:?}");
     assert_eq!(report.tree_size, 51);
     ledger.shutdown().await.unwrap();
+}
+
+/// Sync mode: once appends overlap (the last fdatasync covered more than
+/// one record), the writer thread runs the next fsync instead of the
+/// appender; once a group is a single record again, the appender leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_sync_appends_leave_the_fsync_to_the_writer_thread() {
+    let tmp = TempDir::new("sync-handoff");
+    let mut o = options(1);
+    let (entered_tx, entered) = std::sync::mpsc::channel::<()>();
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    let release_rx = std::sync::Mutex::new(release_rx);
+    // Which thread ran each fsync; the first one is held.
+    let ran_on = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = ran_on.clone();
+    o.on_fsync = Some(std::sync::Arc::new(move |_| {
+        let name = std::thread::current().name().unwrap_or("?").to_owned();
+        let first = {
+            let mut seen = seen.lock().unwrap();
+            seen.push(name);
+            seen.len() == 1
+        };
+        if first {
+            let _ = entered_tx.send(());
+            let _ = release_rx.lock().unwrap().recv();
+        }
+    }));
+    let (ledger, _) = open(&tmp.ledger(), o, clock());
+    let ledger = std::sync::Arc::new(ledger);
+    let leader = lead_held_fsync(&ledger, entered).await;
+    let group: Vec<_> = (1..=5)
+        .map(|i| ledger.append(request(i)).unwrap())
+        .collect();
+    release.send(()).unwrap();
+    assert_eq!(leader.join().unwrap().unwrap().seq, 0);
+    for ticket in group {
+        ticket.await.unwrap();
+    }
+    // The leader ran the first fsync on its own thread, the writer thread
+    // the group of five.
+    assert_eq!(
+        *ran_on.lock().unwrap(),
+        vec!["custos-ledger-test-leader", "custos-ledger"]
+    );
+    // The last group was five records: the next appender does not lead,
+    // although nothing is in flight.
+    let appender = |seq: u64| {
+        let ledger = ledger.clone();
+        std::thread::Builder::new()
+            .name("custos-ledger-test-appender".into())
+            .spawn(move || ledger.append(request(seq)).unwrap().wait().unwrap())
+            .unwrap()
+            .join()
+            .unwrap()
+    };
+    assert_eq!(appender(6).seq, 6);
+    assert_eq!(ran_on.lock().unwrap()[2], "custos-ledger");
+    // That group was one record: the next appender leads again.
+    assert_eq!(appender(7).seq, 7);
+    assert_eq!(ran_on.lock().unwrap()[3], "custos-ledger-test-appender");
+    assert_eq!(ran_on.lock().unwrap().len(), 4);
+    assert_eq!(ledger.shutdown().await.unwrap(), 8);
 }
 
 #[tokio::test]
