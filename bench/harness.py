@@ -550,6 +550,15 @@ class Run:
             "CUSTOS_LEDGER_DURABILITY": durability,
             "CUSTOS_CONFIG": cfg,
         })
+        # Runtime threads: one by default, because on this machine the
+        # gateway shares two cores with the mock and the load generator
+        # (nginx, mock and reference proxy alike, runs one worker); "0"
+        # means Custos' own default, one per CPU.
+        workers = os.environ.get("BENCH_CUSTOS_WORKERS", "1").strip() or "1"
+        env.pop("TOKIO_WORKER_THREADS", None)
+        env["CUSTOS_WORKER_THREADS"] = workers
+        t.notes.append("runtime threads: one per CPU (server.worker_threads = 0)" if workers == "0"
+                       else f"runtime threads: {workers} (server.worker_threads)")
         if feats["keys"]:
             os.makedirs(data, mode=0o700, exist_ok=True)
             rc, out = cmd_output_env(

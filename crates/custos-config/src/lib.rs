@@ -28,6 +28,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("CUSTOS_DATA_DIR", "server.data_dir"),
     ("CUSTOS_MAX_BODY_SIZE", "server.max_body_size"),
     ("CUSTOS_SHUTDOWN_GRACE", "server.shutdown_grace"),
+    ("CUSTOS_WORKER_THREADS", "server.worker_threads"),
     ("CUSTOS_LOG_FORMAT", "log.format"),
     ("CUSTOS_LOG_LEVEL", "log.level"),
     ("CUSTOS_LEDGER_DURABILITY", "ledger.durability"),
@@ -198,6 +199,8 @@ pub struct ServerConfig {
     pub max_body_size: usize,
     /// How long in-flight requests and streams may run after SIGTERM.
     pub shutdown_grace: Duration,
+    /// Async runtime threads; `None` means one per CPU the process may use.
+    pub worker_threads: Option<usize>,
 }
 
 /// `[log]`.

@@ -160,6 +160,8 @@ pub struct RawServer {
     pub max_body_size: Option<RawSize>,
     /// How long in-flight requests may run after a shutdown signal.
     pub shutdown_grace: Option<String>,
+    /// Async runtime threads; 0 means one per CPU.
+    pub worker_threads: Option<i64>,
 }
 
 /// A byte size: a plain integer, or a string such as `"4MiB"`.

@@ -17,6 +17,9 @@ use crate::{
 /// Default largest request body: 8 MiB, room for a few inline images.
 pub const DEFAULT_MAX_BODY_SIZE: usize = 8 * 1024 * 1024;
 
+/// The most async runtime threads `server.worker_threads` may ask for.
+const MAX_WORKER_THREADS: i64 = 1024;
+
 const DEFAULT_TIMEOUTS: Timeouts = Timeouts {
     connect: Duration::from_secs(10),
     // For a non-streaming request the first byte only comes once the whole
@@ -66,6 +69,16 @@ pub(crate) fn apply_env(
             "ledger.durability" => &mut raw.ledger.durability,
             "server.max_body_size" => {
                 raw.server.max_body_size = Some(RawSize::Text(value));
+                continue;
+            }
+            "server.worker_threads" => {
+                match value.trim().parse::<i64>() {
+                    Ok(n) => raw.server.worker_threads = Some(n),
+                    Err(_) => errors.push(FieldError {
+                        path: format!("server.worker_threads (from {var})"),
+                        message: format!("`{value}` is not a whole number"),
+                    }),
+                }
                 continue;
             }
             other => {
@@ -536,12 +549,23 @@ fn server(raw: &RawConfig, ctx: &mut Ctx<'_>) -> Option<ServerConfig> {
         Duration::ZERO,
         ctx,
     );
+    let worker_threads = int_in(
+        s.worker_threads,
+        "server.worker_threads",
+        0,
+        0..=MAX_WORKER_THREADS,
+        ctx,
+    );
     Some(ServerConfig {
         listen: listen?,
         admin_listen: admin_listen?,
         data_dir,
         max_body_size: max_body_size?,
         shutdown_grace: shutdown_grace?,
+        worker_threads: match worker_threads? {
+            0 => None,
+            n => Some(n),
+        },
     })
 }
 

@@ -121,6 +121,43 @@ fn bad_environment_value_names_the_variable() {
 }
 
 #[test]
+fn worker_threads_default_to_one_per_cpu_and_are_bounded() {
+    assert_eq!(load_default(&no_env).unwrap().server.worker_threads, None);
+    // The embedded default with one more line in `[server]`.
+    let with = |line: &str| {
+        custos_config::DEFAULT_CONFIG.replacen("[server]\n", &format!("[server]\n{line}\n"), 1)
+    };
+    let threads =
+        |line: &str| load("custos.toml", &with(line), &no_env).map(|c| c.server.worker_threads);
+    assert_eq!(threads("worker_threads = 0").unwrap(), None);
+    assert_eq!(threads("worker_threads = 3").unwrap(), Some(3));
+    let env = env_of(&[("CUSTOS_WORKER_THREADS", " 1 ")]);
+    assert_eq!(load_default(&env).unwrap().server.worker_threads, Some(1));
+    expect![[r#"
+        custos.toml: 1 invalid setting(s)
+          server.worker_threads: -1 is out of range, must be between 0 and 1024"#]]
+    .assert_eq(&error_text(&with("worker_threads = -1")));
+    assert!(
+        error_text(&with("worker_threads = \"2\"")).contains("invalid type"),
+        "a string is not a thread count"
+    );
+    let err = load_default(&env_of(&[("CUSTOS_WORKER_THREADS", "two")]))
+        .unwrap_err()
+        .to_string();
+    expect![[r#"
+        <embedded default>: 1 invalid setting(s)
+          server.worker_threads (from CUSTOS_WORKER_THREADS): `two` is not a whole number"#]]
+    .assert_eq(&err);
+    let err = load_default(&env_of(&[("CUSTOS_WORKER_THREADS", "5000")]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("server.worker_threads (from CUSTOS_WORKER_THREADS): 5000 is out of range"),
+        "{err}"
+    );
+}
+
+#[test]
 fn unknown_key_is_rejected_by_name() {
     let err = error_text("[server]\nlisten = \"127.0.0.1:1\"\nlistne = \"x\"\n");
     assert!(err.contains("unknown field `listne`"), "{err}");

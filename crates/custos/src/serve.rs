@@ -30,7 +30,11 @@ pub fn run(config_file: Option<&Path>, data_dir: Option<PathBuf>) -> anyhow::Res
     let data_dir = crate::data_dir(data_dir, &config);
     prepare_data_dir(&data_dir)?;
     let providers = build_providers(&config)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = config.server.worker_threads {
+        builder.worker_threads(threads);
+    }
+    let runtime = builder
         .enable_all()
         .thread_name("custos")
         .build()
