@@ -454,26 +454,33 @@ async fn reader_finds_requests_and_builds_proofs_and_receipts() {
 }
 
 /// Holds the first fsync (whoever runs it) until `release` is sent;
-/// `entered` receives once it is held.
+/// `entered` receives once it is held. The list names the thread that ran
+/// each fsync, in order.
 fn hold_first_fsync(
     o: &mut custos_ledger::LedgerOptions,
 ) -> (
     std::sync::mpsc::Receiver<()>,
     std::sync::mpsc::Sender<()>,
-    std::sync::Arc<std::sync::atomic::AtomicU64>,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 ) {
     let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
     let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
     let release_rx = std::sync::Mutex::new(release_rx);
-    let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let seen = count.clone();
+    let ran_on = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = ran_on.clone();
     o.on_fsync = Some(std::sync::Arc::new(move |_| {
-        if seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+        let name = std::thread::current().name().unwrap_or("?").to_owned();
+        let first = {
+            let mut seen = seen.lock().unwrap();
+            seen.push(name);
+            seen.len() == 1
+        };
+        if first {
             let _ = entered_tx.send(());
             let _ = release_rx.lock().unwrap().recv();
         }
     }));
-    (entered_rx, release_tx, count)
+    (entered_rx, release_tx, ran_on)
 }
 
 /// Appends record 0 on a plain thread, which leads the fsync that
@@ -590,7 +597,7 @@ async fn sync_appends_during_an_fsync_form_the_next_group() {
     }
     // The leader's record still waits too, until its fsync returns.
     assert_eq!(ledger.status().queue_depth, 51);
-    assert_eq!(fsyncs.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(fsyncs.lock().unwrap().len(), 1);
     release.send(()).unwrap();
     assert_eq!(leader.join().unwrap().unwrap().seq, 0);
     for (i, ticket) in tickets.into_iter().enumerate() {
@@ -601,7 +608,7 @@ async fn sync_appends_during_an_fsync_form_the_next_group() {
         assert_eq!(appended.seq, i as u64 + 1);
     }
     // The leader's fsync, and one write and one fsync for the fifty.
-    assert_eq!(fsyncs.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(fsyncs.lock().unwrap().len(), 2);
     assert_eq!(ledger.stats().snapshot().groups, 2);
     let text = fs::read_to_string(&segment_files(&tmp.ledger())[0]).unwrap();
     assert_eq!(text.lines().count(), 51);
@@ -621,24 +628,7 @@ async fn sync_appends_during_an_fsync_form_the_next_group() {
 async fn overlapping_sync_appends_leave_the_fsync_to_the_writer_thread() {
     let tmp = TempDir::new("sync-handoff");
     let mut o = options(1);
-    let (entered_tx, entered) = std::sync::mpsc::channel::<()>();
-    let (release, release_rx) = std::sync::mpsc::channel::<()>();
-    let release_rx = std::sync::Mutex::new(release_rx);
-    // Which thread ran each fsync; the first one is held.
-    let ran_on = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let seen = ran_on.clone();
-    o.on_fsync = Some(std::sync::Arc::new(move |_| {
-        let name = std::thread::current().name().unwrap_or("?").to_owned();
-        let first = {
-            let mut seen = seen.lock().unwrap();
-            seen.push(name);
-            seen.len() == 1
-        };
-        if first {
-            let _ = entered_tx.send(());
-            let _ = release_rx.lock().unwrap().recv();
-        }
-    }));
+    let (entered, release, ran_on) = hold_first_fsync(&mut o);
     let (ledger, _) = open(&tmp.ledger(), o, clock());
     let ledger = std::sync::Arc::new(ledger);
     let leader = lead_held_fsync(&ledger, entered).await;
