@@ -283,6 +283,23 @@ impl crate::Store {
         .transpose()
     }
 
+    /// Deletes commands that finished (applied or refused) more than `keep`
+    /// ago; returns how many. Pending commands stay until the server
+    /// applies them. A finished command is only read by its submitter,
+    /// which polls for the outcome within seconds; what the command did is
+    /// in the incident's own timeline.
+    pub async fn purge_incident_commands(&self, keep: Duration) -> Result<u64> {
+        let cutoff = to_ms(self.clock.now()) - i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
+        Ok(
+            sqlx::query("DELETE FROM incident_commands WHERE done_at IS NOT NULL AND done_at < $1")
+                .bind(cutoff)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| self.db_err(e))?
+                .rows_affected(),
+        )
+    }
+
     /// Writes completed minutes. A minute written again replaces the
     /// earlier row.
     pub async fn save_minutes(&self, minutes: &[MinuteAggregate]) -> Result<()> {

@@ -271,8 +271,14 @@ pub async fn command_loop(
     }
 }
 
+/// How long a finished incident command (its outcome) is kept: its
+/// submitter reads the outcome within seconds, and what it did is in the
+/// incident's timeline and the audit ledger.
+const FINISHED_COMMANDS_KEPT: Duration = Duration::from_secs(86_400);
+
 /// Writes completed minutes of the per-model aggregates to the store every
-/// `every`, and purges minutes older than `retention` hourly.
+/// `every`, and hourly purges minutes older than `retention` and incident
+/// commands finished more than a day ago.
 pub async fn aggregates_loop(
     store: Arc<Store>,
     health: HealthEngine,
@@ -304,6 +310,11 @@ pub async fn aggregates_loop(
                 Ok(0) => {}
                 Ok(n) => tracing::info!(rows = n, "purged per-minute aggregates past retention"),
                 Err(e) => tracing::warn!(error = %e, "cannot purge per-minute aggregates"),
+            }
+            match store.purge_incident_commands(FINISHED_COMMANDS_KEPT).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(rows = n, "purged finished incident commands"),
+                Err(e) => tracing::warn!(error = %e, "cannot purge finished incident commands"),
             }
         }
     }

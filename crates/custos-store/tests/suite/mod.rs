@@ -1176,6 +1176,25 @@ pub async fn incident_commands_are_applied_once_in_order(ctx: &Ctx) {
             .unwrap()
             .is_empty()
     );
+    // Finished commands go a day after they finished; pending ones stay.
+    let third = ctx
+        .store
+        .submit_incident_command("INC-1", "resolve", &actor, &serde_json::json!({}))
+        .await
+        .unwrap();
+    let day = Duration::from_secs(86_400);
+    ctx.clock.advance(day);
+    assert_eq!(ctx.store.purge_incident_commands(day).await.unwrap(), 0);
+    ctx.clock.advance(Duration::from_secs(1));
+    assert_eq!(ctx.store.purge_incident_commands(day).await.unwrap(), 2);
+    assert_eq!(
+        ctx.store.incident_command_outcome(first).await.unwrap(),
+        None
+    );
+    let pending = ctx.store.pending_incident_commands(10).await.unwrap();
+    assert_eq!(pending.iter().map(|c| c.id).collect::<Vec<_>>(), [third]);
+    assert_eq!(ctx.store.purge_incident_commands(day).await.unwrap(), 0);
+    assert_eq!(ctx.count("SELECT COUNT(*) FROM incident_commands").await, 1);
 }
 
 pub async fn minute_aggregates_round_trip(ctx: &Ctx) {
