@@ -722,7 +722,7 @@ class Run:
 
 def ledger_metrics(admin_url: str) -> dict | None:
     """The ledger's own view from Custos' /metrics: records, fsyncs and their
-    latency (mean, and the p50 bucket bound), records per fsync."""
+    latency (mean, and the p50 and p99 bucket bounds), records per fsync."""
     if not admin_url:
         return None
     try:
@@ -744,13 +744,16 @@ def ledger_metrics(admin_url: str) -> dict | None:
     n = vals.get("custos_ledger_fsync_seconds_count")
     if not n:
         return {"records": vals.get("custos_ledger_records")} if "custos_ledger_records" in vals else None
-    p50_le = next((le for le, c in sorted(buckets) if c >= n / 2), None)
+    def quantile_le(q: float) -> float | None:
+        le = next((le for le, c in sorted(buckets) if c >= n * q), None)
+        return le * 1e6 if le not in (None, float("inf")) else None
     records = vals.get("custos_ledger_records", 0)
     return {
         "records": records,
         "fsyncs": n,
         "fsync_mean_us": vals.get("custos_ledger_fsync_seconds_sum", 0) / n * 1e6,
-        "fsync_p50_le_us": p50_le * 1e6 if p50_le not in (None, float("inf")) else None,
+        "fsync_p50_le_us": quantile_le(0.5),
+        "fsync_p99_le_us": quantile_le(0.99),
         "records_per_fsync": records / n,
     }
 
@@ -1181,6 +1184,8 @@ def main(argv) -> int:
                 tres["ledger_metrics"] = lm
                 if lm and lm.get("fsyncs"):
                     p50 = f", p50 ≤ {fmt_us(lm['fsync_p50_le_us'])}" if lm.get("fsync_p50_le_us") else ""
+                    if lm.get("fsync_p99_le_us"):
+                        p50 += f", p99 ≤ {fmt_us(lm['fsync_p99_le_us'])}"
                     t.notes.append(f"ledger: {lm['records']:,.0f} records, {lm['fsyncs']:,.0f} fsyncs "
                                    f"({lm['records_per_fsync']:.1f} records/fsync), fsync mean "
                                    f"{fmt_us(lm['fsync_mean_us'])}{p50}")
