@@ -289,15 +289,11 @@ impl crate::Store {
     /// which polls for the outcome within seconds; what the command did is
     /// in the incident's own timeline.
     pub async fn purge_incident_commands(&self, keep: Duration) -> Result<u64> {
-        let cutoff = to_ms(self.clock.now()) - i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
-        Ok(
-            sqlx::query("DELETE FROM incident_commands WHERE done_at IS NOT NULL AND done_at < $1")
-                .bind(cutoff)
-                .execute(&self.pool)
-                .await
-                .map_err(|e| self.db_err(e))?
-                .rows_affected(),
+        self.delete_older(
+            "DELETE FROM incident_commands WHERE done_at IS NOT NULL AND done_at < $1",
+            keep,
         )
+        .await
     }
 
     /// Writes completed minutes. A minute written again replaces the
@@ -388,16 +384,20 @@ impl crate::Store {
 
     /// Deletes minutes older than `retention` before now; returns how many.
     pub async fn purge_minutes(&self, retention: Duration) -> Result<u64> {
-        let cutoff =
-            to_ms(self.clock.now()) - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
-        Ok(
-            sqlx::query("DELETE FROM minute_aggregates WHERE minute < $1")
-                .bind(cutoff)
-                .execute(&self.pool)
-                .await
-                .map_err(|e| self.db_err(e))?
-                .rows_affected(),
-        )
+        self.delete_older("DELETE FROM minute_aggregates WHERE minute < $1", retention)
+            .await
+    }
+
+    /// Runs `delete` with `$1` bound to now minus `age` (in milliseconds);
+    /// returns how many rows went.
+    async fn delete_older(&self, delete: &'static str, age: Duration) -> Result<u64> {
+        let cutoff = to_ms(self.clock.now()) - i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+        Ok(sqlx::query(delete)
+            .bind(cutoff)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.db_err(e))?
+            .rows_affected())
     }
 }
 
