@@ -37,13 +37,14 @@ const COMMAND_SLOTS: usize = 64;
 /// lock. In `batched` mode it writes the record (one `write` into the page
 /// cache), and that is all (the writer thread fdatasyncs within
 /// `max_delay`, without the lock). In `sync` mode the record's ticket
-/// resolves once an fdatasync covers it: the appender writes what is
-/// staged and runs that fdatasync itself if none is in flight and appends
-/// do not overlap (the last fdatasync covered one record; under
-/// concurrency the writer thread runs them all) (inside [`tokio::task::block_in_place`] on a multi-threaded
-/// runtime; never on a current-thread runtime, where the writer thread
-/// does it), and otherwise leaves the record staged for the next group,
-/// which the writer thread writes and syncs. Share it behind an `Arc`.
+/// resolves once an fdatasync covers it. While appends do not overlap (the
+/// last fdatasync covered one record), an appender that finds no
+/// fdatasync in flight writes what is staged and runs the fdatasync
+/// itself: inside [`tokio::task::block_in_place`] on a multi-threaded
+/// runtime, never on a current-thread runtime (the writer thread does it
+/// there). Otherwise the record stays staged for the next group, which the
+/// writer thread writes and syncs; under concurrency it runs every
+/// fdatasync. Share it behind an `Arc`.
 ///
 /// Dropping the ledger without [`shutdown`](Self::shutdown) still syncs
 /// what waits and signs a final checkpoint, and waits for that on the
