@@ -552,7 +552,7 @@ class Run:
         })
         # Runtime threads: one by default, because on this machine the
         # gateway shares two cores with the mock and the load generator
-        # (nginx, mock and reference proxy alike, runs one worker); "0"
+        # (nginx, as mock and as reference proxy, runs one worker too); "0"
         # means Custos' own default, one per CPU.
         workers = os.environ.get("BENCH_CUSTOS_WORKERS", "1").strip() or "1"
         env.pop("TOKIO_WORKER_THREADS", None)
@@ -1183,12 +1183,12 @@ def main(argv) -> int:
                 lm = ledger_metrics(t.admin_url)
                 tres["ledger_metrics"] = lm
                 if lm and lm.get("fsyncs"):
-                    p50 = f", p50 ≤ {fmt_us(lm['fsync_p50_le_us'])}" if lm.get("fsync_p50_le_us") else ""
-                    if lm.get("fsync_p99_le_us"):
-                        p50 += f", p99 ≤ {fmt_us(lm['fsync_p99_le_us'])}"
+                    bounds = "".join(f", {q} ≤ {fmt_us(lm[key])}"
+                                     for q, key in (("p50", "fsync_p50_le_us"), ("p99", "fsync_p99_le_us"))
+                                     if lm.get(key))
                     t.notes.append(f"ledger: {lm['records']:,.0f} records, {lm['fsyncs']:,.0f} fsyncs "
                                    f"({lm['records_per_fsync']:.1f} records/fsync), fsync mean "
-                                   f"{fmt_us(lm['fsync_mean_us'])}{p50}")
+                                   f"{fmt_us(lm['fsync_mean_us'])}{bounds}")
                 try:
                     fd = fdatasync_latency(t.data_dir, 50)
                     tres["fdatasync_after"] = fd
